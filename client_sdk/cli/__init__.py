@@ -1,0 +1,53 @@
+"""The `keyrelay` command.
+
+    keyrelay node --config node.toml        run a KMS node
+    keyrelay hsm init --config node.toml    initialise the pool's tokens and its domain key
+
+Daemon commands import their package only when chosen, so the client commands stay light.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from client_sdk.cli import hsm_commands
+
+
+def _node(args: argparse.Namespace) -> int:
+    from kms_node.__main__ import run
+
+    return run(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the whole `keyrelay` command."""
+    parser = argparse.ArgumentParser(
+        prog="keyrelay",
+        description="keyrelay: a KMS on PKCS#11 HSMs and an end-to-end encrypted messaging relay.",
+    )
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    from kms_node.__main__ import add_arguments as add_node_arguments
+
+    node = commands.add_parser(
+        "node",
+        help="run a KMS node (shared or dedicated) until SIGTERM",
+        description="Run a KMS node. Example: KEYRELAY_HSM_PIN=... keyrelay node --config deploy/node-shared.toml",
+    )
+    add_node_arguments(node)
+    node.set_defaults(func=_node)
+
+    hsm_commands.register(commands)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `keyrelay` console script."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,269 @@
+"""The one exception hierarchy of keyrelay.
+
+Every error a keyrelay server answers with, and every error the SDK raises, is one of these
+classes. Each class carries the gRPC status code it travels as and a *reason* (the
+`keyrelay.v1.ErrorReason` value name without its prefix) that travels in the trailing metadata
+`keyrelay-error-reason`, so that a client maps a status back to the very class the server raised::
+
+    KeyrelayError
+    ├── InvalidArgumentError            INVALID_ARGUMENT
+    │   ├── PayloadTooLargeError
+    │   ├── BatchTooLargeError
+    │   ├── InvalidEncryptionContextError
+    │   ├── MalformedCiphertextError
+    │   ├── CiphertextAuthenticationError
+    │   └── SealedRecordMismatchError
+    ├── NotFoundError                   NOT_FOUND
+    │   ├── KeyNotFoundError
+    │   └── AliasNotFoundError
+    ├── AlreadyExistsError              ALREADY_EXISTS
+    │   ├── AliasExistsError
+    │   └── KeyExistsError
+    ├── FailedPreconditionError         FAILED_PRECONDITION
+    │   ├── KeyDisabledError
+    │   ├── KeyPendingDeletionError
+    │   ├── KeyVersionRetiredError
+    │   └── KeyStateConflictError
+    ├── PermissionDeniedError           PERMISSION_DENIED
+    ├── UnauthenticatedError            UNAUTHENTICATED
+    ├── ResourceExhaustedError          RESOURCE_EXHAUSTED
+    ├── UnavailableError                UNAVAILABLE
+    │   ├── NodeNotReadyError
+    │   └── HsmUnavailableError
+    ├── DeadlineExceededError           DEADLINE_EXCEEDED
+    └── InternalError                   INTERNAL
+
+Messages are written for a person: they say what was wrong and what to do. They never carry
+plaintext, key material, PINs or private keys.
+"""
+
+from __future__ import annotations
+
+import grpc
+
+#: Trailing-metadata key carrying the reason name of an error.
+REASON_METADATA_KEY = "keyrelay-error-reason"
+#: Metadata key carrying the request id (sent by clients, echoed by servers).
+REQUEST_ID_METADATA_KEY = "x-request-id"
+
+_BY_REASON: dict[str, type["KeyrelayError"]] = {}
+_BY_CODE: dict[grpc.StatusCode, type["KeyrelayError"]] = {}
+
+
+class KeyrelayError(Exception):
+    """Base of every keyrelay error.
+
+    Attributes:
+        code: the gRPC status code the error travels as.
+        reason: the `ErrorReason` name (without prefix) that travels with it.
+        message: the human-readable message.
+        request_id: the request id, when the error came back from a server.
+    """
+
+    code: grpc.StatusCode = grpc.StatusCode.UNKNOWN
+    reason: str = "UNSPECIFIED"
+
+    def __init__(self, message: str, *, request_id: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.request_id = request_id
+
+    def __init_subclass__(cls, **kwargs: object) -> None:
+        super().__init_subclass__(**kwargs)
+        # The first class declaring a reason owns it; the first class declaring a code is the
+        # fallback for statuses that arrive without a reason.
+        if "reason" in cls.__dict__:
+            _BY_REASON.setdefault(cls.reason, cls)
+        if "code" in cls.__dict__:
+            _BY_CODE.setdefault(cls.code, cls)
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class InvalidArgumentError(KeyrelayError):
+    """The request is malformed or out of range; fix the request."""
+
+    code = grpc.StatusCode.INVALID_ARGUMENT
+    reason = "INVALID_ARGUMENT"
+
+
+class PayloadTooLargeError(InvalidArgumentError):
+    """A payload exceeds the documented size limit."""
+
+    reason = "PAYLOAD_TOO_LARGE"
+
+
+class BatchTooLargeError(InvalidArgumentError):
+    """A batch request holds more items than allowed."""
+
+    reason = "BATCH_TOO_LARGE"
+
+
+class InvalidEncryptionContextError(InvalidArgumentError):
+    """The encryption context breaks a rule (size, count, reserved prefix)."""
+
+    reason = "INVALID_ENCRYPTION_CONTEXT"
+
+
+class MalformedCiphertextError(InvalidArgumentError):
+    """The ciphertext blob is not a keyrelay ciphertext (truncated, wrong format)."""
+
+    reason = "MALFORMED_CIPHERTEXT"
+
+
+class CiphertextAuthenticationError(InvalidArgumentError):
+    """The ciphertext did not authenticate: altered, or decrypted with another context."""
+
+    reason = "CIPHERTEXT_AUTHENTICATION_FAILED"
+
+
+class SealedRecordMismatchError(InvalidArgumentError):
+    """A sealed public-key record does not open for the user, version and key it names."""
+
+    reason = "SEALED_RECORD_MISMATCH"
+
+
+class NotFoundError(KeyrelayError):
+    """The named resource does not exist (or belongs to another tenant)."""
+
+    code = grpc.StatusCode.NOT_FOUND
+    reason = "NOT_FOUND"
+
+
+class KeyNotFoundError(NotFoundError):
+    """No key with that id or alias exists for the caller's tenant."""
+
+    reason = "KEY_NOT_FOUND"
+
+
+class AliasNotFoundError(NotFoundError):
+    """No alias with that name exists for the caller's tenant."""
+
+    reason = "ALIAS_NOT_FOUND"
+
+
+class AlreadyExistsError(KeyrelayError):
+    """The resource to create exists already."""
+
+    code = grpc.StatusCode.ALREADY_EXISTS
+    reason = "ALREADY_EXISTS"
+
+
+class AliasExistsError(AlreadyExistsError):
+    """The alias is taken in the caller's tenant."""
+
+    reason = "ALIAS_EXISTS"
+
+
+class KeyExistsError(AlreadyExistsError):
+    """A key with the requested id exists already."""
+
+    reason = "KEY_EXISTS"
+
+
+class FailedPreconditionError(KeyrelayError):
+    """The resource is not in a state that allows the operation."""
+
+    code = grpc.StatusCode.FAILED_PRECONDITION
+    reason = "FAILED_PRECONDITION"
+
+
+class KeyDisabledError(FailedPreconditionError):
+    """The key is disabled; enable it first."""
+
+    reason = "KEY_DISABLED"
+
+
+class KeyPendingDeletionError(FailedPreconditionError):
+    """The key is scheduled for deletion; cancel the deletion first."""
+
+    reason = "KEY_PENDING_DELETION"
+
+
+class KeyVersionRetiredError(FailedPreconditionError):
+    """The ciphertext's key version is below the key's minimum decryption version."""
+
+    reason = "KEY_VERSION_RETIRED"
+
+
+class KeyStateConflictError(FailedPreconditionError):
+    """The key's state does not allow this transition."""
+
+    reason = "KEY_STATE_CONFLICT"
+
+
+class PermissionDeniedError(KeyrelayError):
+    """The caller is authenticated but not allowed to do this."""
+
+    code = grpc.StatusCode.PERMISSION_DENIED
+    reason = "PERMISSION_DENIED"
+
+
+class UnauthenticatedError(KeyrelayError):
+    """The caller presented no valid credential."""
+
+    code = grpc.StatusCode.UNAUTHENTICATED
+    reason = "UNAUTHENTICATED"
+
+
+class ResourceExhaustedError(KeyrelayError):
+    """A quota or rate limit was reached; retry later."""
+
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+    reason = "RATE_LIMITED"
+
+
+class UnavailableError(KeyrelayError):
+    """The service cannot answer now; an idempotent call may be retried."""
+
+    code = grpc.StatusCode.UNAVAILABLE
+    reason = "UPSTREAM_UNAVAILABLE"
+
+
+class NodeNotReadyError(UnavailableError):
+    """The node is starting and has not logged in to its HSM yet."""
+
+    reason = "NODE_NOT_READY"
+
+
+class HsmUnavailableError(UnavailableError):
+    """No HSM slot of the pool can serve the request."""
+
+    reason = "HSM_UNAVAILABLE"
+
+
+class DeadlineExceededError(KeyrelayError):
+    """The call's deadline passed before it completed."""
+
+    code = grpc.StatusCode.DEADLINE_EXCEEDED
+    reason = "DEADLINE_EXCEEDED"
+
+
+class InternalError(KeyrelayError):
+    """An unexpected server-side failure; the server log has details under the request id."""
+
+    code = grpc.StatusCode.INTERNAL
+    reason = "INTERNAL"
+
+
+def error_class_for(code: grpc.StatusCode, reason: str | None) -> type[KeyrelayError]:
+    """Return the class a status with this code and reason maps back to."""
+    if reason:
+        cls = _BY_REASON.get(reason)
+        if cls is not None and cls.code == code:
+            return cls
+    return _BY_CODE.get(code, KeyrelayError)
+
+
+def from_status(
+    code: grpc.StatusCode, message: str, reason: str | None, request_id: str | None = None
+) -> KeyrelayError:
+    """Rebuild the exception a server raised from its status, message and reason."""
+    cls = error_class_for(code, reason)
+    err = cls(message, request_id=request_id)
+    if cls is KeyrelayError:
+        # An unknown status keeps its real code so callers can still branch on it.
+        err.code = code
+        err.reason = reason or "UNSPECIFIED"
+    return err

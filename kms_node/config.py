@@ -1,0 +1,148 @@
+"""The node's config: a frozen dataclass loaded from TOML, `KEYRELAY_NODE_*` and `--set` flags.
+
+Example (see ``deploy/node-shared.toml`` and ``deploy/node-dedicated.toml``)::
+
+    mode = "shared"                 # or "dedicated", with instance_id
+    listen = "127.0.0.1:7101"
+
+    [hsm]
+    module = "/usr/lib/softhsm/libsofthsm2.so"
+    tokens = ["kr-shared-a", "kr-shared-b"]
+    pin_env = "KEYRELAY_HSM_PIN"    # the PIN itself never goes in this file
+
+    [store]
+    path = "node.db"                # relative to this file's folder
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field, replace
+from typing import Mapping
+
+from foundation import config as cfg
+
+ENV_PREFIX = "KEYRELAY_NODE"
+_INSTANCE_ID = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+
+
+@dataclass(frozen=True)
+class HsmConfig:
+    """The node's HSM pool."""
+
+    module: str = "/usr/lib/softhsm/libsofthsm2.so"
+    tokens: tuple[str, ...] = ()
+    pin_env: str = "KEYRELAY_HSM_PIN"
+    pin_file: str = ""
+    so_pin_env: str = "KEYRELAY_HSM_SO_PIN"
+    so_pin_file: str = ""
+    domain_key_label: str = "keyrelay-domain-key"
+    sessions_per_slot: int = 4
+    threads: int = 0
+    slot_retry_seconds: float = 5.0
+    checkout_timeout_seconds: float = 5.0
+
+
+@dataclass(frozen=True)
+class StoreConfig:
+    """The node's key store."""
+
+    path: str = "keyrelay-node.db"
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    """Everything a node needs to run. Validated by `validate`."""
+
+    mode: str = "shared"
+    instance_id: str = ""
+    listen: str = "127.0.0.1:7101"
+    log_level: str = "info"
+    shutdown_grace_seconds: float = 10.0
+    deletion_sweep_seconds: float = 60.0
+    hsm: HsmConfig = field(default_factory=HsmConfig)
+    store: StoreConfig = field(default_factory=StoreConfig)
+
+    def validate(self) -> None:
+        """Raise ConfigError naming the key and the fix for the first problem found."""
+        if self.mode not in ("shared", "dedicated"):
+            raise cfg.ConfigError(f"mode must be 'shared' or 'dedicated' (got {self.mode!r})")
+        if self.mode == "dedicated" and not _INSTANCE_ID.match(self.instance_id):
+            raise cfg.ConfigError(
+                "a dedicated node needs instance_id: 1-63 characters of a-z, 0-9 and '-' "
+                f"(got {self.instance_id!r})"
+            )
+        if self.mode == "shared" and self.instance_id:
+            raise cfg.ConfigError("instance_id is only for mode = 'dedicated'; remove it or change the mode")
+        host, _, port = self.listen.rpartition(":")
+        if not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+            raise cfg.ConfigError(f"listen must be host:port (got {self.listen!r})")
+        if self.log_level.lower() not in ("debug", "info", "warning", "error"):
+            raise cfg.ConfigError(f"log_level must be debug, info, warning or error (got {self.log_level!r})")
+        if not self.hsm.tokens:
+            raise cfg.ConfigError("hsm.tokens is empty: list the labels of the pool's tokens, e.g. [\"kr-a\", \"kr-b\"]")
+        if len(set(self.hsm.tokens)) != len(self.hsm.tokens):
+            raise cfg.ConfigError("hsm.tokens lists a token twice")
+        if not self.hsm.module or not os.path.exists(self.hsm.module):
+            raise cfg.ConfigError(
+                f"hsm.module {self.hsm.module!r} does not exist: install SoftHSM (apt-get install softhsm2) "
+                "or point it at your HSM vendor's PKCS#11 library"
+            )
+        if not self.hsm.pin_env and not self.hsm.pin_file:
+            raise cfg.ConfigError("set hsm.pin_env or hsm.pin_file to say where the HSM user PIN comes from")
+        if self.hsm.sessions_per_slot < 1:
+            raise cfg.ConfigError(f"hsm.sessions_per_slot must be at least 1 (got {self.hsm.sessions_per_slot})")
+        if self.hsm.threads < 0:
+            raise cfg.ConfigError("hsm.threads must be 0 (one per session) or more")
+        for key in ("slot_retry_seconds", "checkout_timeout_seconds"):
+            if getattr(self.hsm, key) <= 0:
+                raise cfg.ConfigError(f"hsm.{key} must be above 0")
+        if self.shutdown_grace_seconds < 0 or self.deletion_sweep_seconds <= 0:
+            raise cfg.ConfigError("shutdown_grace_seconds must be >= 0 and deletion_sweep_seconds > 0")
+        if not self.store.path:
+            raise cfg.ConfigError("store.path is empty: name the SQLite file of the key store")
+
+    def user_pin(self, environ: Mapping[str, str] | None = None) -> cfg.Secret:
+        """The HSM user PIN, from the environment variable or file the config names."""
+        return cfg.read_secret("HSM user PIN", self.hsm.pin_env, self.hsm.pin_file, environ or os.environ)
+
+    def so_pin(self, environ: Mapping[str, str] | None = None) -> cfg.Secret:
+        """The HSM security-officer PIN (only `keyrelay hsm init` needs it)."""
+        return cfg.read_secret("HSM SO PIN", self.hsm.so_pin_env, self.hsm.so_pin_file, environ or os.environ)
+
+
+def load_node_config(
+    path: str | None, *, environ: Mapping[str, str] | None = None, overrides: Mapping[str, str] | None = None
+) -> NodeConfig:
+    """Load, resolve relative paths against the config file, and validate a node config."""
+    if path is not None:
+        _refuse_inline_pins(path)
+    config = cfg.load(NodeConfig, path, env_prefix=ENV_PREFIX, environ=environ, overrides=overrides)
+    config = replace(
+        config,
+        hsm=replace(
+            config.hsm,
+            pin_file=cfg.resolve_path(path, config.hsm.pin_file),
+            so_pin_file=cfg.resolve_path(path, config.hsm.so_pin_file),
+        ),
+        store=replace(config.store, path=cfg.resolve_path(path, config.store.path)),
+    )
+    config.validate()
+    return config
+
+
+def _refuse_inline_pins(path: str) -> None:
+    import tomllib
+
+    try:
+        with open(path, "rb") as fh:
+            data = tomllib.load(fh)
+    except (OSError, tomllib.TOMLDecodeError):
+        return  # cfg.load reports these with the right message
+    hsm = data.get("hsm", {})
+    if isinstance(hsm, dict) and ({"pin", "so_pin", "user_pin"} & set(hsm)):
+        raise cfg.ConfigError(
+            f"{path}: a PIN must not be written in the config; put it in an environment variable "
+            "(hsm.pin_env) or a file readable only by the node (hsm.pin_file)"
+        )

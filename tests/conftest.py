@@ -1,0 +1,117 @@
+"""Shared fixtures: a SoftHSM token directory for the test session, fresh tokens per test, and
+in-process nodes served on a loopback port chosen by the OS."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import tempfile
+import threading
+import uuid
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+_SESSION_DIR = Path(tempfile.mkdtemp(prefix="keyrelay-tests-"))
+
+
+def pytest_configure(config):
+    # SoftHSM reads SOFTHSM2_CONF when the library is first loaded in this process: set it before
+    # any test can load it, so every in-process token lives in this session's directory.
+    from kms_node.devsetup import write_softhsm_conf
+
+    os.environ["SOFTHSM2_CONF"] = str(write_softhsm_conf(_SESSION_DIR / "softhsm"))
+
+
+def pytest_unconfigure(config):
+    shutil.rmtree(_SESSION_DIR, ignore_errors=True)
+
+
+def _require_softhsm() -> str:
+    from kms_node.devsetup import softhsm_module
+
+    try:
+        return softhsm_module()
+    except FileNotFoundError as exc:
+        if os.environ.get("CI"):
+            pytest.fail(f"CI must run the HSM tests: {exc}")
+        pytest.skip(f"SoftHSM2 is not installed ({exc}); `make test` installs it")
+
+
+@pytest.fixture
+def hsm_pool_tokens():
+    """Two fresh SoftHSM tokens provisioned with one domain key: (module, labels, pin)."""
+    from foundation.config import Secret
+    from kms_node.devsetup import DEV_PIN, DEV_SO_PIN
+    from kms_node.hsm.provision import provision_pool
+
+    module = _require_softhsm()
+    suffix = uuid.uuid4().hex[:8]
+    labels = [f"t-{suffix}-a", f"t-{suffix}-b"]
+    provision_pool(
+        module, labels, so_pin=Secret(DEV_SO_PIN), user_pin=Secret(DEV_PIN), domain_key_label="keyrelay-domain-key"
+    )
+    return module, labels, Secret(DEV_PIN)
+
+
+class ServedNode:
+    """An in-process NodeServer running on its own event loop thread."""
+
+    def __init__(self, config, pin) -> None:
+        from kms_node.server import NodeServer
+
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+
+        async def start():
+            # grpc.aio binds a server to the loop it is created on.
+            self.node = NodeServer(config, pin=pin)
+            return await self.node.start()
+
+        self.port = self.call(start())
+        self.target = f"127.0.0.1:{self.port}"
+
+    def call(self, coro, timeout: float = 60):
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def stop(self) -> None:
+        self.call(self.node.stop(grace=1))
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+
+
+@pytest.fixture
+def node_config(tmp_path, hsm_pool_tokens):
+    """A node config on the test's fresh two-slot pool, listening on an OS-chosen port."""
+    from kms_node.config import HsmConfig, NodeConfig, StoreConfig
+
+    module, labels, _ = hsm_pool_tokens
+    return NodeConfig(
+        listen="127.0.0.1:0",
+        shutdown_grace_seconds=1,
+        hsm=HsmConfig(module=module, tokens=tuple(labels), slot_retry_seconds=0.5, sessions_per_slot=2),
+        store=StoreConfig(path=str(tmp_path / "node.db")),
+    )
+
+
+@pytest.fixture
+def served_node(node_config, hsm_pool_tokens):
+    """A running in-process node and its config."""
+    served = ServedNode(node_config, hsm_pool_tokens[2])
+    yield served
+    served.stop()
+
+
+@pytest.fixture
+def kms(served_node):
+    """A KmsClient of the running node, acting as tenant `acme`."""
+    from client_sdk import KmsClient
+
+    with KmsClient(served_node.target, tenant="acme", timeout=30) as client:
+        yield client
+
+
+__all__ = ["ServedNode", "replace"]
