@@ -24,8 +24,9 @@ SOFTHSM_MODULE_CANDIDATES = (
     "/usr/lib/aarch64-linux-gnu/softhsm/libsofthsm2.so",
     "/usr/local/lib/softhsm/libsofthsm2.so",
 )
-DEV_PIN = "1111"
-DEV_SO_PIN = "2222"
+# Development PINs only: distinctive, so tests can prove they never reach a log or a store.
+DEV_PIN = "dev-user-pin-5170"
+DEV_SO_PIN = "dev-so-pin-9342"
 
 
 def softhsm_module() -> str:

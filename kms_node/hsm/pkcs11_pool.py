@@ -367,10 +367,8 @@ class Pkcs11Pool:
             try:
                 lease = self._free.get(timeout=max(remaining, 0.001))
             except queue.Empty:
-                down = "; ".join(f"{s.label}: {s.detail}" for s in self._slots if not s.up)
                 raise HsmUnavailableError(
-                    f"no HSM session became free within {self._checkout_timeout:g}s"
-                    + (f" (slots out of rotation: {down})" if down else "")
+                    f"no HSM session became free within {self._checkout_timeout:g}s{self._down_slots()}"
                 ) from None
             if lease.generation == lease.slot.generation and lease.slot.up:
                 return lease
@@ -394,7 +392,11 @@ class Pkcs11Pool:
                 raise
             self._checkin(lease)
             return result
-        raise HsmUnavailableError("every HSM slot of the pool failed while serving this request")
+        raise HsmUnavailableError(f"every HSM slot of the pool failed while serving this request{self._down_slots()}")
+
+    def _down_slots(self) -> str:
+        down = "; ".join(f"{s.label}: {s.detail}" for s in self._slots if not s.up)
+        return f" (slots out of rotation: {down})" if down else ""
 
     async def run(self, fn: Callable[[_LeaseSession], T]) -> T:
         """Run `fn(session)` on an HSM worker thread; see the module docstring for failover."""

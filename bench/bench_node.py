@@ -1,0 +1,320 @@
+"""Benchmark a KMS node against its two bounds: the raw HSM and a bare gRPC echo server.
+
+`make bench-node` (= `.venv/bin/python bench/bench_node.py [--seconds S] [--concurrency 1,8,32]`):
+
+1. starts a node as a user does (`keyrelay hsm init`, `keyrelay node`) on a two-slot SoftHSM pool
+   and measures Decrypt and GenerateDataKey (ops/s, p50/p99 latency) at each concurrency;
+2. times python-pkcs11 AES-GCM encrypts of 32 bytes on one of the same tokens (1 and 2 threads);
+3. measures a bare grpc.aio echo server (another process, 32-byte payload) with the same client;
+4. prints node ÷ echo and node ÷ HSM, i.e. how much of the gRPC ceiling and HSM rate the node gets.
+
+Everything listens on 127.0.0.1 only. Every loop stops at a wall-clock deadline.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib.metadata
+import os
+import platform
+import select
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+
+from keyrelay.v1 import kms_pb2, kms_pb2_grpc
+from kms_node import devsetup
+
+METADATA = (("keyrelay-tenant", "bench"),)
+WARMUP_SECONDS = 0.5
+CALL_TIMEOUT = 10.0  # per RPC; with the cell deadline it bounds every load loop
+PAYLOAD = bytes(range(32))
+ECHO_METHOD = "/bench.Echo/Echo"
+TOKENS = ["bench-a", "bench-b"]
+
+
+@dataclass
+class Cell:
+    """The result of one load run: completed calls, failures and their latencies."""
+
+    ops: int
+    errors: int
+    seconds: float
+    latencies: list[float]
+
+    @property
+    def rate(self) -> float:
+        return self.ops / self.seconds if self.seconds else 0.0
+
+    def pct_ms(self, q: float) -> float:
+        """Nearest-rank percentile of the successful calls' latency, in milliseconds."""
+        if not self.latencies:
+            return float("nan")
+        ordered = sorted(self.latencies)
+        return 1000 * ordered[min(len(ordered) - 1, int(q / 100 * len(ordered)))]
+
+
+# -- load generator ------------------------------------------------------------------------------
+
+async def drive(call, concurrency: int, seconds: float) -> Cell:
+    """Run `concurrency` tasks calling `call()` back to back for `seconds` (after a warm-up)."""
+    latencies: list[float] = []
+    errors: list[str] = []
+
+    async def worker(end: float, record: bool) -> None:
+        while time.perf_counter() < end:
+            start = time.perf_counter()
+            try:
+                await call()
+            except grpc.RpcError as exc:
+                if record:
+                    errors.append(f"{exc.code().name}: {exc.details()}")
+                continue
+            if record:
+                latencies.append(time.perf_counter() - start)
+
+    async def phase(duration: float, record: bool) -> float:
+        began = time.perf_counter()
+        tasks = [worker(began + duration, record) for _ in range(concurrency)]
+        # Each task stops at the deadline; a call in flight then has CALL_TIMEOUT at most.
+        await asyncio.wait_for(asyncio.gather(*tasks), duration + CALL_TIMEOUT + 5)
+        return time.perf_counter() - began
+
+    # Warm-up first so connection set-up and the node's per-session key loading are not timed.
+    await phase(WARMUP_SECONDS, False)
+    elapsed = await phase(seconds, True)
+    if errors:
+        print(f"  warning: {len(errors)} failed calls, e.g. {errors[0]}", file=sys.stderr)
+    return Cell(len(latencies), len(errors), elapsed, latencies)
+
+
+async def bench_node_calls(target: str, concurrencies: list[int], seconds: float) -> dict:
+    """Create a key, then measure Decrypt and GenerateDataKey at each concurrency: {(op, c): Cell}."""
+    async with grpc.aio.insecure_channel(target) as channel:
+        stub = kms_pb2_grpc.KeyManagementServiceStub(channel)
+        key = await stub.CreateKey(kms_pb2.CreateKeyRequest(description="bench"), metadata=METADATA, timeout=30)
+        key_id = key.key_metadata.key_id
+        context = {"bench": "1"}
+        blob = (await stub.Encrypt(
+            kms_pb2.EncryptRequest(key_id=key_id, plaintext=PAYLOAD, encryption_context=context),
+            metadata=METADATA, timeout=30,
+        )).ciphertext_blob
+        # Requests are built once: the client's work per call should be the RPC, not protobuf.
+        decrypt = kms_pb2.DecryptRequest(ciphertext_blob=blob, encryption_context=context, key_id=key_id)
+        gdk = kms_pb2.GenerateDataKeyRequest(key_id=key_id, number_of_bytes=32, encryption_context=context)
+        calls = {
+            "Decrypt": lambda: stub.Decrypt(decrypt, metadata=METADATA, timeout=CALL_TIMEOUT),
+            "GenerateDataKey": lambda: stub.GenerateDataKey(gdk, metadata=METADATA, timeout=CALL_TIMEOUT),
+        }
+        results = {}
+        for concurrency in concurrencies:
+            for op, call in calls.items():
+                results[op, concurrency] = await drive(call, concurrency, seconds)
+        return results
+
+
+async def bench_echo_calls(target: str, concurrencies: list[int], seconds: float) -> dict:
+    """Measure the echo server with a 32-byte payload at each concurrency: {c: Cell}."""
+    async with grpc.aio.insecure_channel(target) as channel:
+        echo = channel.unary_unary(ECHO_METHOD)  # no serializers: bytes in, bytes out
+        call = lambda: echo(PAYLOAD, metadata=METADATA, timeout=CALL_TIMEOUT)  # noqa: E731
+        return {c: await drive(call, c, seconds) for c in concurrencies}
+
+
+# -- echo server ---------------------------------------------------------------------------------
+
+async def serve_echo() -> None:
+    """The hidden `--echo-server` mode: print the bound port, serve until stdin closes."""
+    async def echo(request: bytes, context) -> bytes:
+        return request
+
+    server = grpc.aio.server()
+    # No (de)serializers means identity: the server does no work beyond gRPC itself.
+    handler = grpc.method_handlers_generic_handler(
+        "bench.Echo", {"Echo": grpc.unary_unary_rpc_method_handler(echo)}
+    )
+    server.add_generic_rpc_handlers((handler,))
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    print(port, flush=True)
+    # Stdin closes when the parent exits, even if it is killed, so the child never outlives it.
+    await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
+    await server.stop(0)
+
+
+def start_echo_server() -> tuple[subprocess.Popen, str]:
+    """Run this file as an echo server in its own process (so it has its own GIL); returns (proc, target)."""
+    proc = subprocess.Popen(
+        [sys.executable, os.path.abspath(__file__), "--echo-server"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )
+    ready, _, _ = select.select([proc.stdout], [], [], 30)
+    line = proc.stdout.readline().strip() if ready else ""
+    if not line.isdigit():
+        proc.kill()
+        raise RuntimeError("the echo server did not report its port within 30 s")
+    return proc, f"127.0.0.1:{line}"
+
+
+# -- raw HSM -------------------------------------------------------------------------------------
+
+def bench_raw_hsm(module: str, label: str, seconds: float) -> dict[int, float]:
+    """AES-256-GCM encrypts of 32 bytes per second on token `label`, with 1 and 2 threads."""
+    from pkcs11 import Attribute, KeyType, Mechanism, ObjectClass
+    from pkcs11.mechanisms import GCMParams
+
+    from kms_node.hsm.cryptoki import load_library
+
+    # OS locking (what load_library sets up) is needed for two threads to share the module safely.
+    token = load_library(module).get_token(token_label=label)
+    keeper = token.open(user_pin=devsetup.DEV_PIN)  # this process's login; the node has its own
+    keeper.generate_key(KeyType.AES, 256, label="bench-raw", store=False, template={
+        Attribute.SENSITIVE: True, Attribute.EXTRACTABLE: False, Attribute.ENCRYPT: True,
+    })
+    aad = b"bench-aad"
+    rates = {}
+    try:
+        for threads in (1, 2):
+            sessions = [token.open() for _ in range(threads)]  # one session each, sharing the login
+            counts = [0] * threads
+            barrier = threading.Barrier(threads + 1)
+            box: dict[str, float] = {}
+
+            def run(i: int) -> None:
+                # Session objects are visible to every session of the process; look it up per session.
+                key = sessions[i].get_key(object_class=ObjectClass.SECRET_KEY, label="bench-raw")
+                barrier.wait(30)
+                n, end = 0, box["end"]
+                while time.perf_counter() < end:
+                    iv = (i << 64 | n).to_bytes(12, "big")  # unique per call without a syscall
+                    key.encrypt(PAYLOAD, mechanism=Mechanism.AES_GCM, mechanism_param=GCMParams(iv, aad, 128))
+                    n += 1
+                counts[i] = n
+
+            box["end"] = float("inf")
+            workers = [threading.Thread(target=run, args=(i,), daemon=True) for i in range(threads)]
+            for w in workers:
+                w.start()
+            began = time.perf_counter()
+            box["end"] = began + seconds  # set before the barrier releases the workers
+            barrier.wait(30)
+            for w in workers:
+                w.join(seconds + 30)
+            rates[threads] = sum(counts) / (time.perf_counter() - began)
+            for s in sessions:
+                s.close()
+    finally:
+        keeper.close()
+    return rates
+
+
+# -- node ----------------------------------------------------------------------------------------
+
+def prepare_node(state: Path) -> tuple[devsetup.NodeProcess, Path, str]:
+    """Provision a two-token SoftHSM pool (`keyrelay hsm init`); returns (unstarted node, conf, module)."""
+    conf = devsetup.write_softhsm_conf(state)
+    module = devsetup.softhsm_module()
+    port = devsetup.free_port()
+    config = devsetup.write_node_config(
+        state / "node.toml", tokens=TOKENS, listen=f"127.0.0.1:{port}", store_path=str(state / "node.db"),
+        module=module,
+    )
+    env = devsetup.dev_environment(conf)
+    devsetup.hsm_init(config, env)
+    return devsetup.NodeProcess(config, env, state / "node.log", port), conf, module
+
+
+def node_failure(exc: Exception, log_path: Path) -> str:
+    """A one-line reason the node did not come up: the error plus its last line of output."""
+    lines = log_path.read_text(errors="replace").strip().splitlines() if log_path.exists() else []
+    detail = (getattr(exc, "stderr", None) or "").strip().splitlines() or lines
+    return f"bench_node: error: the node did not come up: {exc}" + (f" ({detail[-1]})" if detail else "")
+
+
+def header() -> str:
+    """One line naming the machine and the versions that matter for the numbers."""
+    cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
+    return (f"machine: {platform.node()} ({cpu}), nproc={os.cpu_count()}, python {platform.python_version()}, "
+            f"grpcio {grpc.__version__}, python-pkcs11 {importlib.metadata.version('python-pkcs11')}")
+
+
+def report(node: dict, echo: dict, hsm: dict[int, float], concurrencies: list[int], seconds: float) -> None:
+    """Print the results table and the ratios."""
+    print(header())
+    print(f"{seconds:g} s per cell after {WARMUP_SECONDS:g} s warm-up; latencies in ms; ops/s = completed calls per second")
+    print(f"raw HSM (python-pkcs11 AES-256-GCM encrypt, 32 B, one token): "
+          f"1 thread {hsm[1]:,.0f} ops/s, 2 threads {hsm[2]:,.0f} ops/s\n")
+    cols = f"{'conc':>4}  {'call':<15} {'ops/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'errors':>6}  " \
+           f"{'÷echo':>6} {'÷HSM 1t':>8} {'÷HSM 2t':>8}"
+    print(cols)
+    print("-" * len(cols))
+    for c in concurrencies:
+        e = echo[c]
+        print(f"{c:>4}  {'echo (bare)':<15} {e.rate:>9,.0f} {e.pct_ms(50):>8.2f} {e.pct_ms(99):>8.2f} {e.errors:>6}")
+        for op in ("Decrypt", "GenerateDataKey"):
+            n = node[op, c]
+            print(f"{c:>4}  {op:<15} {n.rate:>9,.0f} {n.pct_ms(50):>8.2f} {n.pct_ms(99):>8.2f} {n.errors:>6}  "
+                  f"{n.rate / e.rate if e.rate else 0:>6.3f} {n.rate / hsm[1]:>8.3f} {n.rate / hsm[2]:>8.3f}")
+
+
+def main() -> int:
+    """Parse flags, run the three benchmarks in turn (never two at once), print the table."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seconds", type=float, default=3.0, help="measured seconds per cell (default 3)")
+    parser.add_argument("--concurrency", default="1,8,32", help="comma-separated in-flight calls (default 1,8,32)")
+    parser.add_argument("--echo-server", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.echo_server:
+        asyncio.run(serve_echo())
+        return 0
+    concurrencies = [int(c) for c in args.concurrency.split(",") if c.strip()]
+    if not concurrencies or min(concurrencies) < 1 or args.seconds <= 0:
+        parser.error("--concurrency needs positive integers and --seconds a positive number")
+
+    wall = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="keyrelay-bench-") as tmp:
+        state = Path(tmp)
+        node = None
+        try:
+            try:
+                node, conf, module = prepare_node(state)
+                node.start()
+            except (OSError, RuntimeError, subprocess.SubprocessError) as exc:
+                print(node_failure(exc, state / "node.log"), file=sys.stderr)
+                return 1
+            print(f"node up on {node.target}; measuring Decrypt and GenerateDataKey...", file=sys.stderr)
+            node_cells = asyncio.run(bench_node_calls(node.target, concurrencies, args.seconds))
+            # The library reads SOFTHSM2_CONF when loaded: set it first, so we see the node's tokens.
+            os.environ["SOFTHSM2_CONF"] = str(conf)
+            print("measuring the raw HSM...", file=sys.stderr)
+            hsm = bench_raw_hsm(module, TOKENS[0], args.seconds)
+            print("measuring the bare echo server...", file=sys.stderr)
+            echo_proc, echo_target = start_echo_server()
+            try:
+                echo_cells = asyncio.run(bench_echo_calls(echo_target, concurrencies, args.seconds))
+            finally:
+                echo_proc.stdin.close()  # the server's signal to stop
+                try:
+                    echo_proc.wait(10)
+                except subprocess.TimeoutExpired:
+                    echo_proc.kill()
+            status = node.terminate()
+            if status != 0:
+                print(f"bench_node: warning: the node exited with status {status}", file=sys.stderr)
+        finally:
+            if node is not None:
+                node.kill()  # no-op after a clean terminate(); stops it after any error above
+    report(node_cells, echo_cells, hsm, concurrencies, args.seconds)
+    print(f"\ntotal wall time {time.monotonic() - wall:.1f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
