@@ -100,12 +100,9 @@ async def bench_node_calls(target: str, concurrencies: list[int], seconds: float
     async with grpc.aio.insecure_channel(target) as channel:
         stub = kms_pb2_grpc.KeyManagementServiceStub(channel)
         key = await stub.CreateKey(kms_pb2.CreateKeyRequest(description="bench"), metadata=METADATA, timeout=30)
-        key_id = key.key_metadata.key_id
-        context = {"bench": "1"}
-        blob = (await stub.Encrypt(
-            kms_pb2.EncryptRequest(key_id=key_id, plaintext=PAYLOAD, encryption_context=context),
-            metadata=METADATA, timeout=30,
-        )).ciphertext_blob
+        key_id, context = key.key_metadata.key_id, {"bench": "1"}
+        encrypt = kms_pb2.EncryptRequest(key_id=key_id, plaintext=PAYLOAD, encryption_context=context)
+        blob = (await stub.Encrypt(encrypt, metadata=METADATA, timeout=30)).ciphertext_blob
         # Requests are built once: the client's work per call should be the RPC, not protobuf.
         decrypt = kms_pb2.DecryptRequest(ciphertext_blob=blob, encryption_context=context, key_id=key_id)
         gdk = kms_pb2.GenerateDataKeyRequest(key_id=key_id, number_of_bytes=32, encryption_context=context)
@@ -113,11 +110,7 @@ async def bench_node_calls(target: str, concurrencies: list[int], seconds: float
             "Decrypt": lambda: stub.Decrypt(decrypt, metadata=METADATA, timeout=CALL_TIMEOUT),
             "GenerateDataKey": lambda: stub.GenerateDataKey(gdk, metadata=METADATA, timeout=CALL_TIMEOUT),
         }
-        results = {}
-        for concurrency in concurrencies:
-            for op, call in calls.items():
-                results[op, concurrency] = await drive(call, concurrency, seconds)
-        return results
+        return {(op, c): await drive(call, c, seconds) for c in concurrencies for op, call in calls.items()}
 
 
 async def bench_echo_calls(target: str, concurrencies: list[int], seconds: float) -> dict:
@@ -137,9 +130,7 @@ async def serve_echo() -> None:
 
     server = grpc.aio.server()
     # No (de)serializers means identity: the server does no work beyond gRPC itself.
-    handler = grpc.method_handlers_generic_handler(
-        "bench.Echo", {"Echo": grpc.unary_unary_rpc_method_handler(echo)}
-    )
+    handler = grpc.method_handlers_generic_handler("bench.Echo", {"Echo": grpc.unary_unary_rpc_method_handler(echo)})
     server.add_generic_rpc_handlers((handler,))
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
@@ -149,18 +140,25 @@ async def serve_echo() -> None:
     await server.stop(0)
 
 
-def start_echo_server() -> tuple[subprocess.Popen, str]:
-    """Run this file as an echo server in its own process (so it has its own GIL); returns (proc, target)."""
+def bench_echo(concurrencies: list[int], seconds: float) -> dict:
+    """Run this file as an echo server in its own process (its own GIL, as the node has) and measure it."""
     proc = subprocess.Popen(
         [sys.executable, os.path.abspath(__file__), "--echo-server"],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
     )
-    ready, _, _ = select.select([proc.stdout], [], [], 30)
-    line = proc.stdout.readline().strip() if ready else ""
-    if not line.isdigit():
-        proc.kill()
-        raise RuntimeError("the echo server did not report its port within 30 s")
-    return proc, f"127.0.0.1:{line}"
+    try:
+        ready, _, _ = select.select([proc.stdout], [], [], 30)
+        port = proc.stdout.readline().strip() if ready else ""
+        if not port.isdigit():
+            raise RuntimeError("the echo server did not report its port within 30 s")
+        return asyncio.run(bench_echo_calls(f"127.0.0.1:{port}", concurrencies, seconds))
+    finally:
+        proc.stdin.close()  # the server's signal to stop
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 
 # -- raw HSM -------------------------------------------------------------------------------------
@@ -172,47 +170,45 @@ def bench_raw_hsm(module: str, label: str, seconds: float) -> dict[int, float]:
 
     from kms_node.hsm.cryptoki import load_library
 
-    # OS locking (what load_library sets up) is needed for two threads to share the module safely.
+    # load_library initialises the module with OS locking, as the node does: two threads need it.
     token = load_library(module).get_token(token_label=label)
-    keeper = token.open(user_pin=devsetup.DEV_PIN)  # this process's login; the node has its own
-    keeper.generate_key(KeyType.AES, 256, label="bench-raw", store=False, template={
-        Attribute.SENSITIVE: True, Attribute.EXTRACTABLE: False, Attribute.ENCRYPT: True,
-    })
-    aad = b"bench-aad"
-    rates = {}
+    keeper = token.open(user_pin=devsetup.DEV_PIN)  # this process's own login; the node has its own
+    template = {Attribute.SENSITIVE: True, Attribute.EXTRACTABLE: False, Attribute.ENCRYPT: True}
+    keeper.generate_key(KeyType.AES, 256, label="bench-raw", store=False, template=template)
+
+    def rate(threads: int) -> float:
+        """Encrypts per second summed over `threads` threads, each on its own session."""
+        sessions = [token.open() for _ in range(threads)]  # they share the keeper's login
+        # A session object is visible to all sessions of the process, but a handle is per session.
+        keys = [s.get_key(object_class=ObjectClass.SECRET_KEY, label="bench-raw") for s in sessions]
+        counts, deadline, go = [0] * threads, [0.0], threading.Barrier(threads + 1)
+
+        def run(i: int) -> None:
+            go.wait(30)
+            n = 0
+            while time.perf_counter() < deadline[0]:
+                iv = (i << 64 | n).to_bytes(12, "big")  # unique per call, without a syscall
+                keys[i].encrypt(PAYLOAD, mechanism=Mechanism.AES_GCM, mechanism_param=GCMParams(iv, b"aad", 128))
+                n += 1
+            counts[i] = n
+
+        workers = [threading.Thread(target=run, args=(i,), daemon=True) for i in range(threads)]
+        for w in workers:
+            w.start()
+        began = time.perf_counter()
+        deadline[0] = began + seconds  # set before the barrier lets the workers read it
+        go.wait(30)
+        for w in workers:
+            w.join(seconds + 30)
+        elapsed = time.perf_counter() - began
+        for s in sessions:
+            s.close()
+        return sum(counts) / elapsed
+
     try:
-        for threads in (1, 2):
-            sessions = [token.open() for _ in range(threads)]  # one session each, sharing the login
-            counts = [0] * threads
-            barrier = threading.Barrier(threads + 1)
-            box: dict[str, float] = {}
-
-            def run(i: int) -> None:
-                # Session objects are visible to every session of the process; look it up per session.
-                key = sessions[i].get_key(object_class=ObjectClass.SECRET_KEY, label="bench-raw")
-                barrier.wait(30)
-                n, end = 0, box["end"]
-                while time.perf_counter() < end:
-                    iv = (i << 64 | n).to_bytes(12, "big")  # unique per call without a syscall
-                    key.encrypt(PAYLOAD, mechanism=Mechanism.AES_GCM, mechanism_param=GCMParams(iv, aad, 128))
-                    n += 1
-                counts[i] = n
-
-            box["end"] = float("inf")
-            workers = [threading.Thread(target=run, args=(i,), daemon=True) for i in range(threads)]
-            for w in workers:
-                w.start()
-            began = time.perf_counter()
-            box["end"] = began + seconds  # set before the barrier releases the workers
-            barrier.wait(30)
-            for w in workers:
-                w.join(seconds + 30)
-            rates[threads] = sum(counts) / (time.perf_counter() - began)
-            for s in sessions:
-                s.close()
+        return {threads: rate(threads) for threads in (1, 2)}
     finally:
         keeper.close()
-    return rates
 
 
 # -- node ----------------------------------------------------------------------------------------
@@ -240,7 +236,8 @@ def node_failure(exc: Exception, log_path: Path) -> str:
 
 def header() -> str:
     """One line naming the machine and the versions that matter for the numbers."""
-    cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
+    cpuinfo = Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []
+    cpu = next((line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name")), "?")
     return (f"machine: {platform.node()} ({cpu}), nproc={os.cpu_count()}, python {platform.python_version()}, "
             f"grpcio {grpc.__version__}, python-pkcs11 {importlib.metadata.version('python-pkcs11')}")
 
@@ -248,13 +245,12 @@ def header() -> str:
 def report(node: dict, echo: dict, hsm: dict[int, float], concurrencies: list[int], seconds: float) -> None:
     """Print the results table and the ratios."""
     print(header())
-    print(f"{seconds:g} s per cell after {WARMUP_SECONDS:g} s warm-up; latencies in ms; ops/s = completed calls per second")
+    print(f"{seconds:g} s per cell after {WARMUP_SECONDS:g} s warm-up; ops/s = completed calls per second")
     print(f"raw HSM (python-pkcs11 AES-256-GCM encrypt, 32 B, one token): "
           f"1 thread {hsm[1]:,.0f} ops/s, 2 threads {hsm[2]:,.0f} ops/s\n")
-    cols = f"{'conc':>4}  {'call':<15} {'ops/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'errors':>6}  " \
-           f"{'÷echo':>6} {'÷HSM 1t':>8} {'÷HSM 2t':>8}"
-    print(cols)
-    print("-" * len(cols))
+    cols = (f"{'conc':>4}  {'call':<15} {'ops/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'errors':>6}  "
+            f"{'÷echo':>6} {'÷HSM 1t':>8} {'÷HSM 2t':>8}")
+    print(f"{cols}\n{'-' * len(cols)}")
     for c in concurrencies:
         e = echo[c]
         print(f"{c:>4}  {'echo (bare)':<15} {e.rate:>9,.0f} {e.pct_ms(50):>8.2f} {e.pct_ms(99):>8.2f} {e.errors:>6}")
@@ -274,7 +270,10 @@ def main() -> int:
     if args.echo_server:
         asyncio.run(serve_echo())
         return 0
-    concurrencies = [int(c) for c in args.concurrency.split(",") if c.strip()]
+    try:
+        concurrencies = [int(c) for c in args.concurrency.split(",") if c.strip()]
+    except ValueError:
+        concurrencies = []
     if not concurrencies or min(concurrencies) < 1 or args.seconds <= 0:
         parser.error("--concurrency needs positive integers and --seconds a positive number")
 
@@ -296,17 +295,8 @@ def main() -> int:
             print("measuring the raw HSM...", file=sys.stderr)
             hsm = bench_raw_hsm(module, TOKENS[0], args.seconds)
             print("measuring the bare echo server...", file=sys.stderr)
-            echo_proc, echo_target = start_echo_server()
-            try:
-                echo_cells = asyncio.run(bench_echo_calls(echo_target, concurrencies, args.seconds))
-            finally:
-                echo_proc.stdin.close()  # the server's signal to stop
-                try:
-                    echo_proc.wait(10)
-                except subprocess.TimeoutExpired:
-                    echo_proc.kill()
-            status = node.terminate()
-            if status != 0:
+            echo_cells = bench_echo(concurrencies, args.seconds)
+            if (status := node.terminate()) != 0:
                 print(f"bench_node: warning: the node exited with status {status}", file=sys.stderr)
         finally:
             if node is not None:
