@@ -43,7 +43,7 @@ from foundation.errors import (
 from kms_node import blob as blobs
 from kms_node import context as contexts
 from kms_node.hsm.backend import HsmAuthenticationFailed, HsmBackend, HsmSession, KeyVersionRef
-from kms_node.store.base import AliasTaken, KeyRecord, KeyState, KeyStore, RevisionConflict, VersionRecord
+from kms_node.store.base import AliasTaken, KeyIdTaken, KeyRecord, KeyState, KeyStore, RevisionConflict, VersionRecord
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -329,10 +329,8 @@ class KeyService:
             created = await self._db(self._store.create_key, record, alias or None)
         except AliasTaken:
             raise AliasExistsError(f"alias {alias!r} is taken in tenant {caller.tenant_id!r}; choose another") from None
-        except Exception as exc:
-            if "UNIQUE" in str(exc) and "keys.key_id" in str(exc):
-                raise KeyExistsError(f"a key with id {key_id} exists already") from None
-            raise
+        except KeyIdTaken:
+            raise KeyExistsError(f"a key with id {key_id} exists already") from None
         log.info("created key %s for tenant %s", key_id, caller.tenant_id)
         return created
 

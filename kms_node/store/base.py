@@ -69,12 +69,16 @@ class AliasTaken(Exception):
     """The alias exists in this tenant already."""
 
 
+class KeyIdTaken(Exception):
+    """A key with this id exists already."""
+
+
 class KeyStore(Protocol):
     """Persistent key metadata. Implementations are synchronous and thread-safe; the service
     calls them from a worker thread."""
 
     def create_key(self, record: KeyRecord, alias: str | None) -> KeyRecord:
-        """Insert a new key with its versions (and alias). Raises AliasTaken."""
+        """Insert a new key with its versions (and alias). Raises AliasTaken or KeyIdTaken."""
 
     def get_key(self, key_id: str) -> KeyRecord | None:
         """The key with its versions and aliases, or None."""

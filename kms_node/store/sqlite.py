@@ -7,7 +7,7 @@ import sqlite3
 import threading
 from pathlib import Path
 
-from kms_node.store.base import AliasTaken, KeyRecord, RevisionConflict, VersionRecord
+from kms_node.store.base import AliasTaken, KeyIdTaken, KeyRecord, RevisionConflict, VersionRecord
 
 # Each entry migrates the schema from version i to i + 1; append, never edit.
 MIGRATIONS: tuple[str, ...] = (
@@ -183,6 +183,8 @@ class SqliteKeyStore:
         def insert(conn: sqlite3.Connection) -> KeyRecord:
             if alias and self._alias_exists(conn, record.tenant_id, alias):
                 raise AliasTaken(alias)
+            if conn.execute("SELECT 1 FROM keys WHERE key_id = ?", (record.key_id,)).fetchone():
+                raise KeyIdTaken(record.key_id)
             conn.execute(
                 f"INSERT INTO keys ({self._COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (

@@ -104,3 +104,40 @@ def test_sealed_public_key_round_trip(kms):
     # The wrapped DEK is refused by the public Decrypt: its context is reserved to the KMS.
     with pytest.raises(kr.CiphertextAuthenticationError):
         kms.decrypt(sealed.wrapped_dek)
+
+
+def test_many_threads_at_once_on_the_pool(served_node):
+    """Concurrent calls on several HSM sessions and slots (SoftHSM initialised with OS locking)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with KmsClient(served_node.target, tenant="acme", timeout=60) as kms:
+        keys = [kms.create_key() for _ in range(3)]
+
+        def work(i: int) -> bool:
+            key = keys[i % len(keys)]
+            ok = True
+            for j in range(25):
+                data = f"{i}-{j}".encode()
+                blob = kms.encrypt(key.key_id, data, context={"i": str(i)}).ciphertext_blob
+                ok &= kms.decrypt(blob, context={"i": str(i)}).plaintext == data
+            return ok
+
+        with ThreadPoolExecutor(max_workers=12) as executor:
+            assert all(executor.map(work, range(12)))
+    assert all(slot.up for slot in served_node.node.pool.status())
+
+
+def test_a_reserved_key_id_is_created_once(kms):
+    import uuid
+
+    key_id = str(uuid.uuid4())
+    request_key = kms._stub.CreateKey
+    from keyrelay.v1 import kms_pb2
+
+    request_key(kms_pb2.CreateKeyRequest(key_id=key_id), metadata=[("keyrelay-tenant", "acme")])
+    assert kms.describe_key(key_id).key_id == key_id
+    import grpc
+
+    with pytest.raises(grpc.RpcError) as caught:
+        request_key(kms_pb2.CreateKeyRequest(key_id=key_id), metadata=[("keyrelay-tenant", "acme")])
+    assert caught.value.code() == grpc.StatusCode.ALREADY_EXISTS
