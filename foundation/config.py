@@ -95,8 +95,8 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
             return False
         raise ConfigError(f"{key} must be true or false (got {value!r})")
     if tp in (int, float):
-        if isinstance(value, bool):
-            raise ConfigError(f"{key} must be a number (got {value!r})")
+        if isinstance(value, bool) or (tp is int and isinstance(value, float) and not value.is_integer()):
+            raise ConfigError(f"{key} must be {'an integer' if tp is int else 'a number'} (got {value!r})")
         try:
             return tp(value)
         except (TypeError, ValueError):

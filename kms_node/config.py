@@ -68,7 +68,7 @@ class NodeConfig:
         """Raise ConfigError naming the key and the fix for the first problem found."""
         if self.mode not in ("shared", "dedicated"):
             raise cfg.ConfigError(f"mode must be 'shared' or 'dedicated' (got {self.mode!r})")
-        if self.mode == "dedicated" and not _INSTANCE_ID.match(self.instance_id):
+        if self.mode == "dedicated" and not _INSTANCE_ID.fullmatch(self.instance_id):
             raise cfg.ConfigError(
                 "a dedicated node needs instance_id: 1-63 characters of a-z, 0-9 and '-' "
                 f"(got {self.instance_id!r})"
@@ -105,11 +105,11 @@ class NodeConfig:
 
     def user_pin(self, environ: Mapping[str, str] | None = None) -> cfg.Secret:
         """The HSM user PIN, from the environment variable or file the config names."""
-        return cfg.read_secret("HSM user PIN", self.hsm.pin_env, self.hsm.pin_file, environ or os.environ)
+        return cfg.read_secret("HSM user PIN", self.hsm.pin_env, self.hsm.pin_file, os.environ if environ is None else environ)
 
     def so_pin(self, environ: Mapping[str, str] | None = None) -> cfg.Secret:
         """The HSM security-officer PIN (only `keyrelay hsm init` needs it)."""
-        return cfg.read_secret("HSM SO PIN", self.hsm.so_pin_env, self.hsm.so_pin_file, environ or os.environ)
+        return cfg.read_secret("HSM SO PIN", self.hsm.so_pin_env, self.hsm.so_pin_file, os.environ if environ is None else environ)
 
 
 def load_node_config(

@@ -26,7 +26,13 @@ def validate(context: Mapping[str, str]) -> None:
             f"encryption context has {len(context)} pairs; at most {MAX_PAIRS} are allowed"
         )
     for key, value in context.items():
-        key_len = len(key.encode())
+        try:
+            key_len = len(key.encode())
+            value.encode()
+        except UnicodeEncodeError:
+            raise InvalidEncryptionContextError(
+                f"encryption context pair {key[:40]!r} is not valid UTF-8 text"
+            ) from None
         if not 1 <= key_len <= MAX_KEY_BYTES:
             raise InvalidEncryptionContextError(
                 f"encryption context key {key[:40]!r} is {key_len} bytes; keys must be 1-{MAX_KEY_BYTES} bytes"

@@ -106,14 +106,14 @@ def _is_uuid(text: str) -> bool:
 def _check_ref(ref: str) -> None:
     if not ref:
         raise InvalidArgumentError("key_id is required: give a key id (UUID) or an alias 'alias/NAME'")
-    if not (_is_uuid(ref) or _ALIAS.match(ref)):
+    if not (_is_uuid(ref) or _ALIAS.fullmatch(ref)):
         raise InvalidArgumentError(
             f"key_id {ref[:80]!r} is neither a key id (lower-case UUID) nor an alias 'alias/NAME'"
         )
 
 
 def _check_alias(alias: str) -> None:
-    if not _ALIAS.match(alias):
+    if not _ALIAS.fullmatch(alias):
         raise InvalidArgumentError(
             f"alias {alias[:80]!r} must be 'alias/' followed by 1-250 of A-Z a-z 0-9 / _ -"
         )
@@ -349,7 +349,6 @@ class KeyService:
             except (ValueError, TypeError):
                 raise InvalidArgumentError("page_token is not one this service issued; start again without it") from None
         records = await self._db(self._store.list_keys, caller.tenant_id, after, size + 1)
-        records = [r for r in records if r.state != KeyState.CREATING]
         next_token = ""
         if len(records) > size:
             records = records[:size]
@@ -670,7 +669,7 @@ class KeyService:
     ) -> tuple[SealedRecord, CryptoResult]:
         """Encrypt a public-key bundle under a fresh DEK bound to (user, version, key) and wrap the
         DEK under the CMK. Neither is stored here."""
-        if not _USER_ID.match(user_id):
+        if not _USER_ID.fullmatch(user_id):
             raise InvalidArgumentError(f"user_id {user_id[:80]!r} must be 1-64 of a-z 0-9 . _ -")
         if not 1 <= len(bundle) <= MAX_BUNDLE_BYTES:
             raise PayloadTooLargeError(

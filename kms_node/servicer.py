@@ -78,7 +78,7 @@ class KeyManagementServicer(kms_pb2_grpc.KeyManagementServiceServicer):
     def _caller(context: grpc.aio.ServicerContext) -> Caller:
         for key, value in context.invocation_metadata() or ():
             if key == TENANT_METADATA_KEY:
-                if not _TENANT.match(value):
+                if not _TENANT.fullmatch(value):
                     raise InvalidArgumentError(f"tenant {value[:70]!r} must be 1-64 of a-z 0-9 . _ - (starting alnum)")
                 return Caller(value)
         return Caller(DEFAULT_TENANT)

@@ -50,9 +50,11 @@ class SqliteKeyStore:
     """A `KeyStore` in one SQLite file. One connection per thread; writes are transactions."""
 
     def __init__(self, path: str) -> None:
+        if not path or path == ":memory:" or path.startswith("file:"):
+            # Every worker thread opens its own connection, which must all reach one database.
+            raise ValueError(f"the key store needs a file path (got {path!r})")
         self.path = path
-        if path != ":memory:":
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
         self._local = threading.local()
         self._all: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
@@ -147,12 +149,14 @@ class SqliteKeyStore:
         conn = self._conn()
         if after is None:
             rows = conn.execute(
-                f"SELECT {self._COLUMNS} FROM keys WHERE tenant_id = ? ORDER BY create_time, key_id LIMIT ?",
+                f"SELECT {self._COLUMNS} FROM keys WHERE tenant_id = ? AND state != 'CREATING' "
+                "ORDER BY create_time, key_id LIMIT ?",
                 (tenant_id, limit),
             ).fetchall()
         else:
             rows = conn.execute(
-                f"SELECT {self._COLUMNS} FROM keys WHERE tenant_id = ? AND (create_time, key_id) > (?, ?) "
+                f"SELECT {self._COLUMNS} FROM keys WHERE tenant_id = ? AND state != 'CREATING' "
+                "AND (create_time, key_id) > (?, ?) "
                 "ORDER BY create_time, key_id LIMIT ?",
                 (tenant_id, after[0], after[1], limit),
             ).fetchall()
