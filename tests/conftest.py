@@ -9,7 +9,6 @@ import shutil
 import tempfile
 import threading
 import uuid
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -98,6 +97,20 @@ def node_config(tmp_path, hsm_pool_tokens):
 
 
 @pytest.fixture
+def serve_node():
+    """Start more in-process nodes with configs of a test's own: serve_node(config, pin)."""
+    started: list[ServedNode] = []
+
+    def start(config, pin) -> ServedNode:
+        started.append(ServedNode(config, pin))
+        return started[-1]
+
+    yield start
+    for served in started:
+        served.stop()
+
+
+@pytest.fixture
 def served_node(node_config, hsm_pool_tokens):
     """A running in-process node and its config."""
     served = ServedNode(node_config, hsm_pool_tokens[2])
@@ -113,5 +126,3 @@ def kms(served_node):
     with KmsClient(served_node.target, tenant="acme", timeout=30) as client:
         yield client
 
-
-__all__ = ["ServedNode", "replace"]

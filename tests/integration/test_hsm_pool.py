@@ -37,30 +37,26 @@ def test_a_broken_slot_leaves_rotation_and_every_key_works_from_the_other(kms, s
     _all_keys_work(kms, keys_and_blobs)
 
 
-def test_all_slots_broken_gives_unavailable_then_recovers(node_config, hsm_pool_tokens):
+def test_all_slots_broken_gives_unavailable_then_recovers(node_config, hsm_pool_tokens, serve_node):
     from dataclasses import replace
 
     import client_sdk as kr
-    from conftest import ServedNode
 
     module, labels, pin = hsm_pool_tokens
     # Slots retried only by hand here, so the test sees the pool with every slot down.
     config = replace(node_config, hsm=replace(node_config.hsm, slot_retry_seconds=3600, checkout_timeout_seconds=1))
-    served = ServedNode(config, pin)
-    try:
-        with kr.KmsClient(served.target, timeout=30) as kms:
-            key = kms.create_key()
-            pool = served.node.pool
-            for slot_id in pool.slot_ids().values():
-                cryptoki.close_all_sessions(module, slot_id)
-            with pytest.raises(kr.HsmUnavailableError, match="slots out of rotation"):
-                for _ in range(20):
-                    kms.encrypt(key.key_id, b"x")
-            for slot in pool._slots:
-                pool._open_slot(slot)
-            assert kms.decrypt(kms.encrypt(key.key_id, b"back").ciphertext_blob).plaintext == b"back"
-    finally:
-        served.stop()
+    served = serve_node(config, pin)
+    with kr.KmsClient(served.target, timeout=30) as kms:
+        key = kms.create_key()
+        pool = served.node.pool
+        for slot_id in pool.slot_ids().values():
+            cryptoki.close_all_sessions(module, slot_id)
+        with pytest.raises(kr.HsmUnavailableError, match="slots out of rotation"):
+            for _ in range(20):
+                kms.encrypt(key.key_id, b"x")
+        for slot in pool._slots:
+            pool._open_slot(slot)
+        assert kms.decrypt(kms.encrypt(key.key_id, b"back").ciphertext_blob).plaintext == b"back"
 
 
 def test_loaded_master_keys_are_sensitive_and_unreadable(kms, served_node, hsm_pool_tokens):
@@ -68,10 +64,12 @@ def test_loaded_master_keys_are_sensitive_and_unreadable(kms, served_node, hsm_p
     key = kms.create_key()
     kms.encrypt(key.key_id, b"load the key into a slot")
     lib = cryptoki.load_library(module)
+    loaded = 0
     for label in labels:
         session = lib.get_token(token_label=label).open()  # the node's login is shared in-process
         try:
             cmks = list(session.get_objects({Attribute.CLASS: ObjectClass.SECRET_KEY, Attribute.TOKEN: False}))
+            loaded += len(cmks)
             domain = session.get_key(object_class=ObjectClass.SECRET_KEY, label="keyrelay-domain-key")
             for obj in [*cmks, domain]:
                 assert obj[Attribute.SENSITIVE] is True
@@ -81,5 +79,5 @@ def test_loaded_master_keys_are_sensitive_and_unreadable(kms, served_node, hsm_p
             assert domain[Attribute.TOKEN] is True
         finally:
             session.close()
-    # Every CMK the node used on some slot is a session object there, never a token object.
-    assert any(label for label in labels)
+    # The CMK the node used was loaded into some slot, as a session object (never a token object).
+    assert loaded >= 1
