@@ -28,7 +28,6 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Callable, TypeVar
 
-import pkcs11
 from pkcs11 import Attribute, KeyType, Mechanism, ObjectClass
 from pkcs11 import exceptions as p11
 from pkcs11.mechanisms import GCMParams
@@ -418,4 +417,4 @@ class Pkcs11Pool:
         return result
 
 
-__all__ = ["Pkcs11Pool", "WRAP_MECHANISM", "pkcs11"]
+__all__ = ["Pkcs11Pool", "WRAP_MECHANISM"]

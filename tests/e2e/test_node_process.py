@@ -107,3 +107,29 @@ def test_no_data_key_plaintext_reaches_the_store_or_the_log(dev_pool):
             assert needle not in haystack
             assert needle.hex().encode() not in haystack
     assert devsetup.DEV_PIN.encode() not in stored + logged
+
+
+def test_a_wrong_pin_or_missing_token_stops_the_node_with_a_clear_message(dev_pool):
+    env = dict(dev_pool.env, KEYRELAY_HSM_PIN="not-the-pin")
+    done = subprocess.run(
+        [*devsetup.keyrelay_command(), "node", "--config", str(dev_pool.config)],
+        env=env, capture_output=True, text=True, timeout=60,
+    )
+    assert done.returncode == 2
+    assert "login refused (PinIncorrect): check the PIN" in done.stderr
+    assert "not-the-pin" not in done.stderr
+
+    missing = dev_pool.write_config(["no-such-token"], name="missing.toml")
+    done = subprocess.run(
+        [*devsetup.keyrelay_command(), "node", "--config", str(missing)],
+        env=dev_pool.env, capture_output=True, text=True, timeout=60,
+    )
+    assert done.returncode == 2
+    assert "no token labelled 'no-such-token' (run `keyrelay hsm init`)" in done.stderr
+
+    done = subprocess.run(
+        [*devsetup.keyrelay_command(), "node", "--config", str(dev_pool.config), "--set", "hsm.sessions_per_slot=0"],
+        env=dev_pool.env, capture_output=True, text=True, timeout=60,
+    )
+    assert done.returncode == 2
+    assert "hsm.sessions_per_slot must be at least 1" in done.stderr
