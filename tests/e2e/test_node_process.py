@@ -133,3 +133,28 @@ def test_a_wrong_pin_or_missing_token_stops_the_node_with_a_clear_message(dev_po
     )
     assert done.returncode == 2
     assert "hsm.sessions_per_slot must be at least 1" in done.stderr
+
+
+def test_sigterm_lets_in_flight_calls_finish(dev_pool):
+    import time
+
+    import grpc
+
+    from keyrelay.v1 import kms_pb2, kms_pb2_grpc
+
+    node = dev_pool.start()
+    with KmsClient(node.target) as kms:
+        key = kms.create_key()
+    with grpc.insecure_channel(node.target) as channel:
+        stub = kms_pb2_grpc.KeyManagementServiceStub(channel)
+        request = kms_pb2.BatchGenerateDataKeyRequest(
+            items=[kms_pb2.BatchGenerateDataKeyItem(key_id=key.key_id) for _ in range(1000)]
+        )
+        calls = [stub.BatchGenerateDataKey.future(request, timeout=60) for _ in range(6)]
+        time.sleep(0.05)
+        node.proc.send_signal(__import__("signal").SIGTERM)
+        for call in calls:
+            results = call.result().results
+            assert len(results) == 1000 and all(not r.HasField("error") for r in results)
+    assert node.proc.wait(30) == 0
+    assert b"draining in-flight calls" in dev_pool.log.read_bytes()

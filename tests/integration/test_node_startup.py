@@ -71,3 +71,17 @@ def test_not_serving_until_the_hsm_login_completes(node_config, hsm_pool_tokens,
             asyncio.run_coroutine_threadsafe(holder["node"].stop(grace=1), loop).result(30)
         loop.call_soon_threadsafe(loop.stop)
         thread.join(10)
+
+
+def test_reflection_lists_the_node_services(served_node):
+    from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+    with grpc.insecure_channel(served_node.target) as channel:
+        stub = reflection_pb2_grpc.ServerReflectionStub(channel)
+        responses = stub.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=5)
+        names = {service.name for response in responses for service in response.list_services_response.service}
+    assert names == {
+        "keyrelay.v1.KeyManagementService",
+        "grpc.health.v1.Health",
+        "grpc.reflection.v1alpha.ServerReflection",
+    }
