@@ -237,6 +237,8 @@ class KeyService:
         record = self._store.get_key(key_id)
         if record is None or record.tenant_id != caller.tenant_id:
             raise KeyNotFoundError(f"no key {ref!r} exists in tenant {caller.tenant_id!r}")
+        if record.state == KeyState.CREATING:
+            raise KeyStateConflictError(f"key {record.key_id} is still being created; retry shortly")
         return record
 
     async def _lookup(self, caller: Caller, ref: str) -> KeyRecord:

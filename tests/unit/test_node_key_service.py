@@ -412,6 +412,9 @@ async def test_creating_keys_do_not_cut_the_listing_short(service, store):
         if not token:
             break
     assert seen == ["0", "2", "3"]
+    # A key being created is not usable or describable yet.
+    with pytest.raises(KeyStateConflictError, match="being created"):
+        await service.describe_key(A, "00000000-0000-4000-8000-000000000001")
 
 
 # -- purge ---------------------------------------------------------------------------------------
