@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 import re
+import tomllib
 from dataclasses import dataclass, field, replace
 from typing import Mapping
 
@@ -133,8 +134,6 @@ def load_node_config(
 
 
 def _refuse_inline_pins(path: str) -> None:
-    import tomllib
-
     try:
         with open(path, "rb") as fh:
             data = tomllib.load(fh)

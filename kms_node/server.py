@@ -45,11 +45,18 @@ class NodeServer:
 
         Raises HsmUnavailableError (after releasing the port) if no HSM slot can be opened.
         """
-        self.port = self._server.add_insecure_port(self.config.listen)
+        try:
+            self.port = self._server.add_insecure_port(self.config.listen)
+        except RuntimeError:  # grpc's way of saying the bind failed
+            self.port = 0
         if self.port == 0:
-            raise OSError(f"cannot listen on {self.config.listen}: the address is in use or not local")
-        await self._server.start()
+            raise OSError(
+                f"cannot listen on {self.config.listen}: the port is in use or the address is not this host's; "
+                "stop the other process or choose another `listen`"
+            )
+        # The health servicer starts out SERVING; say NOT_SERVING before the first call can ask.
         await self._health.set_serving(False)
+        await self._server.start()
         log.info("node (%s%s) listening on port %d; logging in to the HSM",
                  self.config.mode, f" {self.config.instance_id}" if self.config.instance_id else "", self.port)
         try:

@@ -673,10 +673,10 @@ class KeyService:
         DEK under the CMK. Neither is stored here."""
         if not _USER_ID.fullmatch(user_id):
             raise InvalidArgumentError(f"user_id {user_id[:80]!r} must be 1-64 of a-z 0-9 . _ -")
-        if not 1 <= len(bundle) <= MAX_BUNDLE_BYTES:
-            raise PayloadTooLargeError(
-                f"public_key_bundle is {len(bundle)} bytes; it must be 1-{MAX_BUNDLE_BYTES}"
-            ) if bundle else InvalidArgumentError("public_key_bundle is empty")
+        if not bundle:
+            raise InvalidArgumentError("public_key_bundle is empty")
+        if len(bundle) > MAX_BUNDLE_BYTES:
+            raise PayloadTooLargeError(f"public_key_bundle is {len(bundle)} bytes; at most {MAX_BUNDLE_BYTES}")
         if bundle_version < 1:
             raise InvalidArgumentError("bundle_version must be 1 or more")
         record = await self._lookup(caller, ref)

@@ -87,7 +87,7 @@ class KeyStore(Protocol):
         """The key id an alias points to in a tenant, or None."""
 
     def list_keys(self, tenant_id: str, after: tuple[float, str] | None, limit: int) -> list[KeyRecord]:
-        """A tenant's usable-or-not keys (never CREATING ones) ordered by (create_time, key_id),
+        """A tenant's keys, except those still CREATING, ordered by (create_time, key_id) and
         starting after the given position."""
 
     def update_key(self, record: KeyRecord, new_version: VersionRecord | None = None) -> KeyRecord:

@@ -147,19 +147,12 @@ class SqliteKeyStore:
 
     def list_keys(self, tenant_id: str, after: tuple[float, str] | None, limit: int) -> list[KeyRecord]:
         conn = self._conn()
-        if after is None:
-            rows = conn.execute(
-                f"SELECT {self._COLUMNS} FROM keys WHERE tenant_id = ? AND state != 'CREATING' "
-                "ORDER BY create_time, key_id LIMIT ?",
-                (tenant_id, limit),
-            ).fetchall()
-        else:
-            rows = conn.execute(
-                f"SELECT {self._COLUMNS} FROM keys WHERE tenant_id = ? AND state != 'CREATING' "
-                "AND (create_time, key_id) > (?, ?) "
-                "ORDER BY create_time, key_id LIMIT ?",
-                (tenant_id, after[0], after[1], limit),
-            ).fetchall()
+        after_time, after_id = after if after is not None else (float("-inf"), "")
+        rows = conn.execute(
+            f"SELECT {self._COLUMNS} FROM keys WHERE tenant_id = ? AND state != 'CREATING' "
+            "AND (create_time, key_id) > (?, ?) ORDER BY create_time, key_id LIMIT ?",
+            (tenant_id, after_time, after_id, limit),
+        ).fetchall()
         return [self._record(conn, row) for row in rows]
 
     def keys_due_for_deletion(self, now: float) -> list[str]:

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import re
+import signal
+import socket
 import subprocess
+import time
 
 import pytest
 
@@ -109,7 +112,7 @@ def test_no_data_key_plaintext_reaches_the_store_or_the_log(dev_pool):
     assert devsetup.DEV_PIN.encode() not in stored + logged
 
 
-def test_a_wrong_pin_or_missing_token_stops_the_node_with_a_clear_message(dev_pool):
+def test_a_wrong_pin_missing_token_bad_setting_or_busy_port_stops_the_node_with_a_clear_message(dev_pool):
     env = dict(dev_pool.env, KEYRELAY_HSM_PIN="not-the-pin")
     done = subprocess.run(
         [*devsetup.keyrelay_command(), "node", "--config", str(dev_pool.config)],
@@ -134,10 +137,19 @@ def test_a_wrong_pin_or_missing_token_stops_the_node_with_a_clear_message(dev_po
     assert done.returncode == 2
     assert "hsm.sessions_per_slot must be at least 1" in done.stderr
 
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", dev_pool.port))
+        taken.listen()
+        done = subprocess.run(
+            [*devsetup.keyrelay_command(), "node", "--config", str(dev_pool.config)],
+            env=dev_pool.env, capture_output=True, text=True, timeout=60,
+        )
+    assert done.returncode == 2
+    assert f"cannot listen on 127.0.0.1:{dev_pool.port}: the port is in use" in done.stderr
+    assert "Traceback" not in done.stderr
+
 
 def test_sigterm_lets_in_flight_calls_finish(dev_pool):
-    import time
-
     import grpc
 
     from keyrelay.v1 import kms_pb2, kms_pb2_grpc
@@ -152,7 +164,7 @@ def test_sigterm_lets_in_flight_calls_finish(dev_pool):
         )
         calls = [stub.BatchGenerateDataKey.future(request, timeout=60) for _ in range(6)]
         time.sleep(0.05)
-        node.proc.send_signal(__import__("signal").SIGTERM)
+        node.proc.send_signal(signal.SIGTERM)
         for call in calls:
             results = call.result().results
             assert len(results) == 1000 and all(not r.HasField("error") for r in results)

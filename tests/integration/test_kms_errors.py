@@ -3,6 +3,8 @@ stays healthy after each (real SoftHSM pool, real gRPC server on a loopback port
 
 from __future__ import annotations
 
+import threading
+
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -142,7 +144,7 @@ def test_batch_reports_errors_per_item(kms, key):
 def test_unknown_errors_answer_internal_without_details(kms, served_node, caplog):
     # Break the store underneath the service: the client must see INTERNAL and a request id only.
     served_node.node.store.close()
-    served_node.node.store._local = __import__("threading").local()
+    served_node.node.store._local = threading.local()
     served_node.node.store.path = "/proc/no-such-dir/x.db"
     with pytest.raises(kr.InternalError) as caught:
         kms.create_key()
