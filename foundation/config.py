@@ -11,6 +11,7 @@ them, and `read_secret` fetches them into a `Secret`, whose repr is redacted.
 
 from __future__ import annotations
 
+import collections.abc
 import dataclasses
 import os
 import tomllib
@@ -79,6 +80,11 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
         if value is None or value == "":
             return None
         return _convert(value, args[0], key)
+    if origin in (dict, collections.abc.Mapping) or tp is dict:
+        (_key_tp, value_tp) = typing.get_args(tp) or (str, str)
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{key} must be a table of name = value (got {value!r})")
+        return {str(k): _convert(v, value_tp, f"{key}.{k}") for k, v in value.items()}
     if origin in (tuple, list):
         (item_tp, *_rest) = typing.get_args(tp) or (str,)
         if isinstance(value, str):
@@ -216,3 +222,28 @@ def resolve_path(base: str | os.PathLike[str] | None, value: str) -> str:
     if not value or os.path.isabs(value) or base is None:
         return value
     return str(Path(base).resolve().parent / value)
+
+
+def resolve_paths(base: str | os.PathLike[str] | None, section: T, *names: str) -> T:
+    """A copy of a config section with the named path fields resolved against the config file."""
+    return dataclasses.replace(section, **{n: resolve_path(base, getattr(section, n)) for n in names})
+
+
+def check_host_port(key: str, value: str) -> None:
+    """Raise ConfigError unless `value` is host:port with a port in 0-65535."""
+    host, _, port = value.rpartition(":")
+    if not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ConfigError(f"{key} must be host:port (got {value!r})")
+
+
+def is_loopback(listen: str) -> bool:
+    """True when a host:port listens only on this machine (127.0.0.0/8, ::1 or localhost)."""
+    import ipaddress
+
+    host = listen.rpartition(":")[0].strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

@@ -15,17 +15,27 @@ classes. Each class carries the gRPC status code it travels as and a *reason* (t
     │   └── SealedRecordMismatchError
     ├── NotFoundError                   NOT_FOUND
     │   ├── KeyNotFoundError
-    │   └── AliasNotFoundError
+    │   ├── AliasNotFoundError
+    │   ├── InstanceNotFoundError
+    │   ├── AccessPointNotFoundError
+    │   └── CredentialNotFoundError
     ├── AlreadyExistsError              ALREADY_EXISTS
     │   ├── AliasExistsError
-    │   └── KeyExistsError
+    │   ├── KeyExistsError
+    │   └── InstanceExistsError
     ├── FailedPreconditionError         FAILED_PRECONDITION
     │   ├── KeyDisabledError
     │   ├── KeyPendingDeletionError
     │   ├── KeyVersionRetiredError
-    │   └── KeyStateConflictError
+    │   ├── KeyStateConflictError
+    │   └── CredentialLimitReachedError
+    ├── RevisionConflictError           ABORTED
     ├── PermissionDeniedError           PERMISSION_DENIED
+    │   ├── NetworkNotAllowedError
+    │   └── PrivateEndpointRequiredError
     ├── UnauthenticatedError            UNAUTHENTICATED
+    │   ├── CredentialRevokedError
+    │   └── CredentialExpiredError
     ├── ResourceExhaustedError          RESOURCE_EXHAUSTED
     ├── UnavailableError                UNAVAILABLE
     │   ├── NodeNotReadyError
@@ -162,6 +172,30 @@ class KeyExistsError(AlreadyExistsError):
     reason = "KEY_EXISTS"
 
 
+class InstanceNotFoundError(NotFoundError):
+    """No dedicated instance with this id is registered (for the caller's tenant)."""
+
+    reason = "INSTANCE_NOT_FOUND"
+
+
+class AccessPointNotFoundError(NotFoundError):
+    """No access point with this id exists (for the caller's tenant)."""
+
+    reason = "ACCESS_POINT_NOT_FOUND"
+
+
+class CredentialNotFoundError(NotFoundError):
+    """No credential with this serial exists (for the caller's tenant)."""
+
+    reason = "CREDENTIAL_NOT_FOUND"
+
+
+class InstanceExistsError(AlreadyExistsError):
+    """A dedicated instance with this id is already registered."""
+
+    reason = "INSTANCE_EXISTS"
+
+
 class FailedPreconditionError(KeyrelayError):
     """The resource is not in a state that allows the operation."""
 
@@ -193,6 +227,19 @@ class KeyStateConflictError(FailedPreconditionError):
     reason = "KEY_STATE_CONFLICT"
 
 
+class CredentialLimitReachedError(FailedPreconditionError):
+    """The access point already has its three live credentials; revoke one first."""
+
+    reason = "CREDENTIAL_LIMIT_REACHED"
+
+
+class RevisionConflictError(KeyrelayError):
+    """The record changed since it was read; re-read and retry."""
+
+    code = grpc.StatusCode.ABORTED
+    reason = "REVISION_CONFLICT"
+
+
 class PermissionDeniedError(KeyrelayError):
     """The caller is authenticated but not allowed to do this."""
 
@@ -200,11 +247,35 @@ class PermissionDeniedError(KeyrelayError):
     reason = "PERMISSION_DENIED"
 
 
+class NetworkNotAllowedError(PermissionDeniedError):
+    """The request came from a network zone or address its access point or instance does not allow."""
+
+    reason = "NETWORK_NOT_ALLOWED"
+
+
+class PrivateEndpointRequiredError(PermissionDeniedError):
+    """Crypto on a dedicated key must go to the instance's private endpoint, named in the message."""
+
+    reason = "PRIVATE_ENDPOINT_REQUIRED"
+
+
 class UnauthenticatedError(KeyrelayError):
     """The caller presented no valid credential."""
 
     code = grpc.StatusCode.UNAUTHENTICATED
     reason = "UNAUTHENTICATED"
+
+
+class CredentialRevokedError(UnauthenticatedError):
+    """The client certificate was revoked (or its access point deleted)."""
+
+    reason = "CREDENTIAL_REVOKED"
+
+
+class CredentialExpiredError(UnauthenticatedError):
+    """The client certificate is past its expiry; issue a new one."""
+
+    reason = "CREDENTIAL_EXPIRED"
 
 
 class ResourceExhaustedError(KeyrelayError):

@@ -53,6 +53,45 @@ class StoreConfig:
 
 
 @dataclass(frozen=True)
+class TlsConfig:
+    """Mutual TLS on the node's internal port, under the internal CA.
+
+    With it the port accepts only clients whose certificate the internal CA issued: the gateway
+    (certificate common name `gateway_cn`) for every service, and dedicated nodes (common names
+    starting `keyrelay-node`) for credential checks only. Without it the node listens in plain
+    text, for development, and only on a loopback address.
+    """
+
+    cert: str = ""
+    key: str = ""
+    client_ca: str = ""
+    gateway_cn: str = "keyrelay-gateway"
+
+
+@dataclass(frozen=True)
+class PrivateEndpointConfig:
+    """A dedicated node's private endpoint: the tenant's crypto calls, with access-point credentials."""
+
+    listen: str = ""
+    cert: str = ""
+    key: str = ""
+    client_ca: str = ""
+    zone: str = "private"
+    registry: str = ""
+    credential_cache_seconds: float = 5.0
+
+
+@dataclass(frozen=True)
+class CaConfig:
+    """The KMS CA that issues access-point credentials (shared nodes only)."""
+
+    cert: str = ""
+    key: str = ""
+    operator_tenant: str = "operator"
+    bootstrap_dir: str = ""
+
+
+@dataclass(frozen=True)
 class NodeConfig:
     """Everything a node needs to run. Validated by `validate`."""
 
@@ -62,8 +101,12 @@ class NodeConfig:
     log_level: str = "info"
     shutdown_grace_seconds: float = 10.0
     deletion_sweep_seconds: float = 60.0
+    metrics_listen: str = ""
     hsm: HsmConfig = field(default_factory=HsmConfig)
     store: StoreConfig = field(default_factory=StoreConfig)
+    tls: TlsConfig = field(default_factory=TlsConfig)
+    private_endpoint: PrivateEndpointConfig = field(default_factory=PrivateEndpointConfig)
+    ca: CaConfig = field(default_factory=CaConfig)
 
     def validate(self) -> None:
         """Raise ConfigError naming the key and the fix for the first problem found."""
@@ -103,6 +146,41 @@ class NodeConfig:
             raise cfg.ConfigError("shutdown_grace_seconds must be >= 0 and deletion_sweep_seconds > 0")
         if not self.store.path:
             raise cfg.ConfigError("store.path is empty: name the SQLite file of the key store")
+        if self.metrics_listen:
+            cfg.check_host_port("metrics_listen", self.metrics_listen)
+        self._validate_tls()
+
+    def _validate_tls(self) -> None:
+        tls, private, ca = self.tls, self.private_endpoint, self.ca
+        if any((tls.cert, tls.key, tls.client_ca)) and not all((tls.cert, tls.key, tls.client_ca)):
+            raise cfg.ConfigError("tls needs cert, key and client_ca together (or none of them, for development)")
+        if not tls.cert and not cfg.is_loopback(self.listen):
+            raise cfg.ConfigError(
+                f"listen {self.listen!r} is not a loopback address and tls is not set: a node accepts plain-text "
+                "connections only on 127.0.0.1 or ::1; set tls.cert, tls.key and tls.client_ca"
+            )
+        if private.listen:
+            if self.mode != "dedicated":
+                raise cfg.ConfigError("private_endpoint is for dedicated nodes; remove it or set mode = 'dedicated'")
+            cfg.check_host_port("private_endpoint.listen", private.listen)
+            missing = [k for k in ("cert", "key", "client_ca", "registry") if not getattr(private, k)]
+            if missing:
+                raise cfg.ConfigError(
+                    f"private_endpoint needs {', '.join('private_endpoint.' + k for k in missing)}: its clients "
+                    "present access-point certificates, checked against the shared KMS (registry)"
+                )
+            cfg.check_host_port("private_endpoint.registry", private.registry)
+            if not tls.cert:
+                raise cfg.ConfigError("private_endpoint needs tls: the node checks credentials over mutual TLS")
+            if private.credential_cache_seconds < 0:
+                raise cfg.ConfigError("private_endpoint.credential_cache_seconds must be 0 or more")
+        if ca.cert or ca.key:
+            if self.mode != "shared":
+                raise cfg.ConfigError("ca is for the shared KMS node, which issues credentials; remove it here")
+            if not (ca.cert and ca.key):
+                raise cfg.ConfigError("ca needs both cert and key")
+        if ca.bootstrap_dir and not ca.cert:
+            raise cfg.ConfigError("ca.bootstrap_dir needs ca.cert and ca.key to sign the bootstrap credential")
 
     def user_pin(self, environ: Mapping[str, str] | None = None) -> cfg.Secret:
         """The HSM user PIN, from the environment variable or file the config names."""
@@ -128,6 +206,9 @@ def load_node_config(
             so_pin_file=cfg.resolve_path(path, config.hsm.so_pin_file),
         ),
         store=replace(config.store, path=cfg.resolve_path(path, config.store.path)),
+        tls=cfg.resolve_paths(path, config.tls, "cert", "key", "client_ca"),
+        private_endpoint=cfg.resolve_paths(path, config.private_endpoint, "cert", "key", "client_ca"),
+        ca=cfg.resolve_paths(path, config.ca, "cert", "key", "bootstrap_dir"),
     )
     config.validate()
     return config

@@ -29,8 +29,15 @@ class AdminServiceStub:
     """Administration of dedicated KMS instances, access points and their
     credentials. Served by the gateway only, over TLS with a client
     certificate; the caller's access point must have role
-    ACCESS_POINT_ROLE_ADMIN, and a caller may act only on tenants it
-    administers (otherwise PERMISSION_DENIED PERMISSION_DENIED).
+    ACCESS_POINT_ROLE_ADMIN, and a caller may act only on its own tenant
+    (otherwise PERMISSION_DENIED PERMISSION_DENIED; another tenant's instances,
+    access points and credentials are reported NOT_FOUND). Admin access points
+    of the operator tenant (`operator` unless configured otherwise; the
+    bootstrap admin credential belongs to it) act on every tenant.
+
+    The shared KMS node serves this service on its internal port to the
+    gateway, which forwards the caller's tenant as metadata `keyrelay-tenant`
+    and, for the operator tenant, `keyrelay-admin-scope: all`.
 
     Any RPC may also fail with: UNAUTHENTICATED (UNAUTHENTICATED,
     CREDENTIAL_REVOKED, CREDENTIAL_EXPIRED); PERMISSION_DENIED
@@ -100,8 +107,15 @@ class AdminServiceServicer:
     """Administration of dedicated KMS instances, access points and their
     credentials. Served by the gateway only, over TLS with a client
     certificate; the caller's access point must have role
-    ACCESS_POINT_ROLE_ADMIN, and a caller may act only on tenants it
-    administers (otherwise PERMISSION_DENIED PERMISSION_DENIED).
+    ACCESS_POINT_ROLE_ADMIN, and a caller may act only on its own tenant
+    (otherwise PERMISSION_DENIED PERMISSION_DENIED; another tenant's instances,
+    access points and credentials are reported NOT_FOUND). Admin access points
+    of the operator tenant (`operator` unless configured otherwise; the
+    bootstrap admin credential belongs to it) act on every tenant.
+
+    The shared KMS node serves this service on its internal port to the
+    gateway, which forwards the caller's tenant as metadata `keyrelay-tenant`
+    and, for the operator tenant, `keyrelay-admin-scope: all`.
 
     Any RPC may also fail with: UNAUTHENTICATED (UNAUTHENTICATED,
     CREDENTIAL_REVOKED, CREDENTIAL_EXPIRED); PERMISSION_DENIED
@@ -114,7 +128,7 @@ class AdminServiceServicer:
         and its private endpoint are, and its network policy. The gateway routes
         management requests for the instance's keys to node_endpoints.
         Errors: INVALID_ARGUMENT INVALID_ARGUMENT (bad instance id, no node
-        endpoint, malformed host:port); ALREADY_EXISTS INVALID_ARGUMENT when the
+        endpoint, malformed host:port); ALREADY_EXISTS INSTANCE_EXISTS when the
         instance id is already registered.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -271,8 +285,15 @@ class AdminService:
     """Administration of dedicated KMS instances, access points and their
     credentials. Served by the gateway only, over TLS with a client
     certificate; the caller's access point must have role
-    ACCESS_POINT_ROLE_ADMIN, and a caller may act only on tenants it
-    administers (otherwise PERMISSION_DENIED PERMISSION_DENIED).
+    ACCESS_POINT_ROLE_ADMIN, and a caller may act only on its own tenant
+    (otherwise PERMISSION_DENIED PERMISSION_DENIED; another tenant's instances,
+    access points and credentials are reported NOT_FOUND). Admin access points
+    of the operator tenant (`operator` unless configured otherwise; the
+    bootstrap admin credential belongs to it) act on every tenant.
+
+    The shared KMS node serves this service on its internal port to the
+    gateway, which forwards the caller's tenant as metadata `keyrelay-tenant`
+    and, for the operator tenant, `keyrelay-admin-scope: all`.
 
     Any RPC may also fail with: UNAUTHENTICATED (UNAUTHENTICATED,
     CREDENTIAL_REVOKED, CREDENTIAL_EXPIRED); PERMISSION_DENIED

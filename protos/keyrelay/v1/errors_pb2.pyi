@@ -44,6 +44,8 @@ class ErrorReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     ERROR_REASON_HSM_UNAVAILABLE: _ClassVar[ErrorReason]
     ERROR_REASON_UPSTREAM_UNAVAILABLE: _ClassVar[ErrorReason]
     ERROR_REASON_INTERNAL: _ClassVar[ErrorReason]
+    ERROR_REASON_INSTANCE_EXISTS: _ClassVar[ErrorReason]
+    ERROR_REASON_REVISION_CONFLICT: _ClassVar[ErrorReason]
 ERROR_REASON_UNSPECIFIED: ErrorReason
 ERROR_REASON_INVALID_ARGUMENT: ErrorReason
 ERROR_REASON_PAYLOAD_TOO_LARGE: ErrorReason
@@ -81,6 +83,8 @@ ERROR_REASON_NODE_NOT_READY: ErrorReason
 ERROR_REASON_HSM_UNAVAILABLE: ErrorReason
 ERROR_REASON_UPSTREAM_UNAVAILABLE: ErrorReason
 ERROR_REASON_INTERNAL: ErrorReason
+ERROR_REASON_INSTANCE_EXISTS: ErrorReason
+ERROR_REASON_REVISION_CONFLICT: ErrorReason
 
 class ItemError(_message.Message):
     __slots__ = ("code", "reason", "message")

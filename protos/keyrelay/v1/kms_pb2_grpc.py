@@ -240,7 +240,11 @@ class KeyManagementServiceServicer:
 
     def ListKeys(self, request, context):
         """Lists the calling tenant's keys, one page at a time, in a stable order.
-        Keys still being created (CREATING) are not listed.
+        Keys still being created (CREATING) are not listed. Through the gateway
+        (as on the shared KMS) the list also holds the tenant's dedicated keys as
+        the shared registry records them: id, state, aliases, instance_id and
+        create_time; DescribeKey returns their full metadata. An access point
+        sees only the keys its key patterns cover.
         Errors: INVALID_ARGUMENT INVALID_ARGUMENT (page token not valid).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)

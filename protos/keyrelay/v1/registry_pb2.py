@@ -23,38 +23,45 @@ _sym_db = _symbol_database.Default()
 
 
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
+from keyrelay.v1 import admin_pb2 as keyrelay_dot_v1_dot_admin__pb2
 from keyrelay.v1 import kms_pb2 as keyrelay_dot_v1_dot_kms__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1akeyrelay/v1/registry.proto\x12\x0bkeyrelay.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x15keyrelay/v1/kms.proto\"\xbd\x01\n\tKeyRecord\x12\x0e\n\x06key_id\x18\x01 \x01(\t\x12\x11\n\ttenant_id\x18\x02 \x01(\t\x12\x13\n\x0binstance_id\x18\x03 \x01(\t\x12$\n\x05state\x18\x04 \x01(\x0e\x32\x15.keyrelay.v1.KeyState\x12\x0f\n\x07\x61liases\x18\x05 \x03(\t\x12\x10\n\x08revision\x18\x06 \x01(\x04\x12/\n\x0bupdate_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"7\n\x11ResolveKeyRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\x0f\n\x07key_ref\x18\x02 \x01(\t\"<\n\x12ResolveKeyResponse\x12&\n\x06record\x18\x01 \x01(\x0b\x32\x16.keyrelay.v1.KeyRecord\"^\n\x11ReserveKeyRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\x13\n\x0binstance_id\x18\x02 \x01(\t\x12\r\n\x05\x61lias\x18\x03 \x01(\t\x12\x12\n\nrequest_id\x18\x04 \x01(\t\"<\n\x12ReserveKeyResponse\x12&\n\x06record\x18\x01 \x01(\x0b\x32\x16.keyrelay.v1.KeyRecord\"\"\n\x10\x43ommitKeyRequest\x12\x0e\n\x06key_id\x18\x01 \x01(\t\";\n\x11\x43ommitKeyResponse\x12&\n\x06record\x18\x01 \x01(\x0b\x32\x16.keyrelay.v1.KeyRecord\"!\n\x0f\x41\x62ortKeyRequest\x12\x0e\n\x06key_id\x18\x01 \x01(\t\"\x12\n\x10\x41\x62ortKeyResponse\"z\n\x16UpdateKeyRecordRequest\x12\x0e\n\x06key_id\x18\x01 \x01(\t\x12$\n\x05state\x18\x02 \x01(\x0e\x32\x15.keyrelay.v1.KeyState\x12\x0f\n\x07\x61liases\x18\x03 \x03(\t\x12\x19\n\x11\x65xpected_revision\x18\x04 \x01(\x04\"A\n\x17UpdateKeyRecordResponse\x12&\n\x06record\x18\x01 \x01(\x0b\x32\x16.keyrelay.v1.KeyRecord2\xa5\x03\n\x12KeyRegistryService\x12M\n\nResolveKey\x12\x1e.keyrelay.v1.ResolveKeyRequest\x1a\x1f.keyrelay.v1.ResolveKeyResponse\x12M\n\nReserveKey\x12\x1e.keyrelay.v1.ReserveKeyRequest\x1a\x1f.keyrelay.v1.ReserveKeyResponse\x12J\n\tCommitKey\x12\x1d.keyrelay.v1.CommitKeyRequest\x1a\x1e.keyrelay.v1.CommitKeyResponse\x12G\n\x08\x41\x62ortKey\x12\x1c.keyrelay.v1.AbortKeyRequest\x1a\x1d.keyrelay.v1.AbortKeyResponse\x12\\\n\x0fUpdateKeyRecord\x12#.keyrelay.v1.UpdateKeyRecordRequest\x1a$.keyrelay.v1.UpdateKeyRecordResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1akeyrelay/v1/registry.proto\x12\x0bkeyrelay.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17keyrelay/v1/admin.proto\x1a\x15keyrelay/v1/kms.proto\"\xee\x01\n\tKeyRecord\x12\x0e\n\x06key_id\x18\x01 \x01(\t\x12\x11\n\ttenant_id\x18\x02 \x01(\t\x12\x13\n\x0binstance_id\x18\x03 \x01(\t\x12$\n\x05state\x18\x04 \x01(\x0e\x32\x15.keyrelay.v1.KeyState\x12\x0f\n\x07\x61liases\x18\x05 \x03(\t\x12\x10\n\x08revision\x18\x06 \x01(\x04\x12/\n\x0bupdate_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x63reate_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"7\n\x11ResolveKeyRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\x0f\n\x07key_ref\x18\x02 \x01(\t\"<\n\x12ResolveKeyResponse\x12&\n\x06record\x18\x01 \x01(\x0b\x32\x16.keyrelay.v1.KeyRecord\"^\n\x11ReserveKeyRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\x13\n\x0binstance_id\x18\x02 \x01(\t\x12\r\n\x05\x61lias\x18\x03 \x01(\t\x12\x12\n\nrequest_id\x18\x04 \x01(\t\"<\n\x12ReserveKeyResponse\x12&\n\x06record\x18\x01 \x01(\x0b\x32\x16.keyrelay.v1.KeyRecord\"\"\n\x10\x43ommitKeyRequest\x12\x0e\n\x06key_id\x18\x01 \x01(\t\";\n\x11\x43ommitKeyResponse\x12&\n\x06record\x18\x01 \x01(\x0b\x32\x16.keyrelay.v1.KeyRecord\"!\n\x0f\x41\x62ortKeyRequest\x12\x0e\n\x06key_id\x18\x01 \x01(\t\"\x12\n\x10\x41\x62ortKeyResponse\"z\n\x16UpdateKeyRecordRequest\x12\x0e\n\x06key_id\x18\x01 \x01(\t\x12$\n\x05state\x18\x02 \x01(\x0e\x32\x15.keyrelay.v1.KeyState\x12\x0f\n\x07\x61liases\x18\x03 \x03(\t\x12\x19\n\x11\x65xpected_revision\x18\x04 \x01(\x04\"A\n\x17UpdateKeyRecordResponse\x12&\n\x06record\x18\x01 \x01(\x0b\x32\x16.keyrelay.v1.KeyRecord\"K\n\x1d\x41uthenticateCredentialRequest\x12\x0e\n\x06serial\x18\x01 \x01(\t\x12\x1a\n\x12\x66ingerprint_sha256\x18\x02 \x01(\t\"}\n\x1e\x41uthenticateCredentialResponse\x12+\n\ncredential\x18\x01 \x01(\x0b\x32\x17.keyrelay.v1.Credential\x12.\n\x0c\x61\x63\x63\x65ss_point\x18\x02 \x01(\x0b\x32\x18.keyrelay.v1.AccessPoint2\xa5\x03\n\x12KeyRegistryService\x12M\n\nResolveKey\x12\x1e.keyrelay.v1.ResolveKeyRequest\x1a\x1f.keyrelay.v1.ResolveKeyResponse\x12M\n\nReserveKey\x12\x1e.keyrelay.v1.ReserveKeyRequest\x1a\x1f.keyrelay.v1.ReserveKeyResponse\x12J\n\tCommitKey\x12\x1d.keyrelay.v1.CommitKeyRequest\x1a\x1e.keyrelay.v1.CommitKeyResponse\x12G\n\x08\x41\x62ortKey\x12\x1c.keyrelay.v1.AbortKeyRequest\x1a\x1d.keyrelay.v1.AbortKeyResponse\x12\\\n\x0fUpdateKeyRecord\x12#.keyrelay.v1.UpdateKeyRecordRequest\x1a$.keyrelay.v1.UpdateKeyRecordResponse2\x8a\x01\n\x15\x41\x63\x63\x65ssRegistryService\x12q\n\x16\x41uthenticateCredential\x12*.keyrelay.v1.AuthenticateCredentialRequest\x1a+.keyrelay.v1.AuthenticateCredentialResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'keyrelay.v1.registry_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_KEYRECORD']._serialized_start=100
-  _globals['_KEYRECORD']._serialized_end=289
-  _globals['_RESOLVEKEYREQUEST']._serialized_start=291
-  _globals['_RESOLVEKEYREQUEST']._serialized_end=346
-  _globals['_RESOLVEKEYRESPONSE']._serialized_start=348
-  _globals['_RESOLVEKEYRESPONSE']._serialized_end=408
-  _globals['_RESERVEKEYREQUEST']._serialized_start=410
-  _globals['_RESERVEKEYREQUEST']._serialized_end=504
-  _globals['_RESERVEKEYRESPONSE']._serialized_start=506
-  _globals['_RESERVEKEYRESPONSE']._serialized_end=566
-  _globals['_COMMITKEYREQUEST']._serialized_start=568
-  _globals['_COMMITKEYREQUEST']._serialized_end=602
-  _globals['_COMMITKEYRESPONSE']._serialized_start=604
-  _globals['_COMMITKEYRESPONSE']._serialized_end=663
-  _globals['_ABORTKEYREQUEST']._serialized_start=665
-  _globals['_ABORTKEYREQUEST']._serialized_end=698
-  _globals['_ABORTKEYRESPONSE']._serialized_start=700
-  _globals['_ABORTKEYRESPONSE']._serialized_end=718
-  _globals['_UPDATEKEYRECORDREQUEST']._serialized_start=720
-  _globals['_UPDATEKEYRECORDREQUEST']._serialized_end=842
-  _globals['_UPDATEKEYRECORDRESPONSE']._serialized_start=844
-  _globals['_UPDATEKEYRECORDRESPONSE']._serialized_end=909
-  _globals['_KEYREGISTRYSERVICE']._serialized_start=912
-  _globals['_KEYREGISTRYSERVICE']._serialized_end=1333
+  _globals['_KEYRECORD']._serialized_start=125
+  _globals['_KEYRECORD']._serialized_end=363
+  _globals['_RESOLVEKEYREQUEST']._serialized_start=365
+  _globals['_RESOLVEKEYREQUEST']._serialized_end=420
+  _globals['_RESOLVEKEYRESPONSE']._serialized_start=422
+  _globals['_RESOLVEKEYRESPONSE']._serialized_end=482
+  _globals['_RESERVEKEYREQUEST']._serialized_start=484
+  _globals['_RESERVEKEYREQUEST']._serialized_end=578
+  _globals['_RESERVEKEYRESPONSE']._serialized_start=580
+  _globals['_RESERVEKEYRESPONSE']._serialized_end=640
+  _globals['_COMMITKEYREQUEST']._serialized_start=642
+  _globals['_COMMITKEYREQUEST']._serialized_end=676
+  _globals['_COMMITKEYRESPONSE']._serialized_start=678
+  _globals['_COMMITKEYRESPONSE']._serialized_end=737
+  _globals['_ABORTKEYREQUEST']._serialized_start=739
+  _globals['_ABORTKEYREQUEST']._serialized_end=772
+  _globals['_ABORTKEYRESPONSE']._serialized_start=774
+  _globals['_ABORTKEYRESPONSE']._serialized_end=792
+  _globals['_UPDATEKEYRECORDREQUEST']._serialized_start=794
+  _globals['_UPDATEKEYRECORDREQUEST']._serialized_end=916
+  _globals['_UPDATEKEYRECORDRESPONSE']._serialized_start=918
+  _globals['_UPDATEKEYRECORDRESPONSE']._serialized_end=983
+  _globals['_AUTHENTICATECREDENTIALREQUEST']._serialized_start=985
+  _globals['_AUTHENTICATECREDENTIALREQUEST']._serialized_end=1060
+  _globals['_AUTHENTICATECREDENTIALRESPONSE']._serialized_start=1062
+  _globals['_AUTHENTICATECREDENTIALRESPONSE']._serialized_end=1187
+  _globals['_KEYREGISTRYSERVICE']._serialized_start=1190
+  _globals['_KEYREGISTRYSERVICE']._serialized_end=1611
+  _globals['_ACCESSREGISTRYSERVICE']._serialized_start=1614
+  _globals['_ACCESSREGISTRYSERVICE']._serialized_end=1752
 # @@protoc_insertion_point(module_scope)

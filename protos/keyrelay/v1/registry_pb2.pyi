@@ -1,6 +1,7 @@
 import datetime
 
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
+from keyrelay.v1 import admin_pb2 as _admin_pb2
 from keyrelay.v1 import kms_pb2 as _kms_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf import descriptor as _descriptor
@@ -11,7 +12,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class KeyRecord(_message.Message):
-    __slots__ = ("key_id", "tenant_id", "instance_id", "state", "aliases", "revision", "update_time")
+    __slots__ = ("key_id", "tenant_id", "instance_id", "state", "aliases", "revision", "update_time", "create_time")
     KEY_ID_FIELD_NUMBER: _ClassVar[int]
     TENANT_ID_FIELD_NUMBER: _ClassVar[int]
     INSTANCE_ID_FIELD_NUMBER: _ClassVar[int]
@@ -19,6 +20,7 @@ class KeyRecord(_message.Message):
     ALIASES_FIELD_NUMBER: _ClassVar[int]
     REVISION_FIELD_NUMBER: _ClassVar[int]
     UPDATE_TIME_FIELD_NUMBER: _ClassVar[int]
+    CREATE_TIME_FIELD_NUMBER: _ClassVar[int]
     key_id: str
     tenant_id: str
     instance_id: str
@@ -26,7 +28,8 @@ class KeyRecord(_message.Message):
     aliases: _containers.RepeatedScalarFieldContainer[str]
     revision: int
     update_time: _timestamp_pb2.Timestamp
-    def __init__(self, key_id: _Optional[str] = ..., tenant_id: _Optional[str] = ..., instance_id: _Optional[str] = ..., state: _Optional[_Union[_kms_pb2.KeyState, str]] = ..., aliases: _Optional[_Iterable[str]] = ..., revision: _Optional[int] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    create_time: _timestamp_pb2.Timestamp
+    def __init__(self, key_id: _Optional[str] = ..., tenant_id: _Optional[str] = ..., instance_id: _Optional[str] = ..., state: _Optional[_Union[_kms_pb2.KeyState, str]] = ..., aliases: _Optional[_Iterable[str]] = ..., revision: _Optional[int] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class ResolveKeyRequest(_message.Message):
     __slots__ = ("tenant_id", "key_ref")
@@ -99,3 +102,19 @@ class UpdateKeyRecordResponse(_message.Message):
     RECORD_FIELD_NUMBER: _ClassVar[int]
     record: KeyRecord
     def __init__(self, record: _Optional[_Union[KeyRecord, _Mapping]] = ...) -> None: ...
+
+class AuthenticateCredentialRequest(_message.Message):
+    __slots__ = ("serial", "fingerprint_sha256")
+    SERIAL_FIELD_NUMBER: _ClassVar[int]
+    FINGERPRINT_SHA256_FIELD_NUMBER: _ClassVar[int]
+    serial: str
+    fingerprint_sha256: str
+    def __init__(self, serial: _Optional[str] = ..., fingerprint_sha256: _Optional[str] = ...) -> None: ...
+
+class AuthenticateCredentialResponse(_message.Message):
+    __slots__ = ("credential", "access_point")
+    CREDENTIAL_FIELD_NUMBER: _ClassVar[int]
+    ACCESS_POINT_FIELD_NUMBER: _ClassVar[int]
+    credential: _admin_pb2.Credential
+    access_point: _admin_pb2.AccessPoint
+    def __init__(self, credential: _Optional[_Union[_admin_pb2.Credential, _Mapping]] = ..., access_point: _Optional[_Union[_admin_pb2.AccessPoint, _Mapping]] = ...) -> None: ...

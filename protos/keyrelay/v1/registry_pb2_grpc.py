@@ -136,7 +136,7 @@ class KeyRegistryServiceServicer:
         Errors: NOT_FOUND KEY_NOT_FOUND; INVALID_ARGUMENT INVALID_ARGUMENT (state
         not ENABLED, DISABLED or PENDING_DELETION; malformed alias);
         ALREADY_EXISTS ALIAS_EXISTS (alias used by another key of the tenant);
-        ABORTED KEY_STATE_CONFLICT (expected_revision differs: re-read and
+        ABORTED REVISION_CONFLICT (expected_revision differs: re-read and
         retry).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -320,6 +320,96 @@ class KeyRegistryService:
             '/keyrelay.v1.KeyRegistryService/UpdateKeyRecord',
             keyrelay_dot_v1_dot_registry__pb2.UpdateKeyRecordRequest.SerializeToString,
             keyrelay_dot_v1_dot_registry__pb2.UpdateKeyRecordResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+
+class AccessRegistryServiceStub:
+    """Internal credential checks: the shared KMS node tells the gateway and the
+    private endpoints of dedicated nodes which access point a client
+    certificate belongs to and whether it is still valid. Served on the shared
+    node's internal port over mutual TLS to the gateway and to dedicated nodes.
+    """
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.AuthenticateCredential = channel.unary_unary(
+                '/keyrelay.v1.AccessRegistryService/AuthenticateCredential',
+                request_serializer=keyrelay_dot_v1_dot_registry__pb2.AuthenticateCredentialRequest.SerializeToString,
+                response_deserializer=keyrelay_dot_v1_dot_registry__pb2.AuthenticateCredentialResponse.FromString,
+                _registered_method=True)
+
+
+class AccessRegistryServiceServicer:
+    """Internal credential checks: the shared KMS node tells the gateway and the
+    private endpoints of dedicated nodes which access point a client
+    certificate belongs to and whether it is still valid. Served on the shared
+    node's internal port over mutual TLS to the gateway and to dedicated nodes.
+    """
+
+    def AuthenticateCredential(self, request, context):
+        """Looks up the credential with this serial and returns it with its access
+        point, if the presented certificate is the one issued (same SHA-256
+        fingerprint) and still valid.
+        Errors: UNAUTHENTICATED UNAUTHENTICATED (unknown serial or fingerprint
+        mismatch, or the access point was deleted); UNAUTHENTICATED
+        CREDENTIAL_REVOKED; UNAUTHENTICATED CREDENTIAL_EXPIRED.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_AccessRegistryServiceServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'AuthenticateCredential': grpc.unary_unary_rpc_method_handler(
+                    servicer.AuthenticateCredential,
+                    request_deserializer=keyrelay_dot_v1_dot_registry__pb2.AuthenticateCredentialRequest.FromString,
+                    response_serializer=keyrelay_dot_v1_dot_registry__pb2.AuthenticateCredentialResponse.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'keyrelay.v1.AccessRegistryService', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('keyrelay.v1.AccessRegistryService', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class AccessRegistryService:
+    """Internal credential checks: the shared KMS node tells the gateway and the
+    private endpoints of dedicated nodes which access point a client
+    certificate belongs to and whether it is still valid. Served on the shared
+    node's internal port over mutual TLS to the gateway and to dedicated nodes.
+    """
+
+    @staticmethod
+    def AuthenticateCredential(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/keyrelay.v1.AccessRegistryService/AuthenticateCredential',
+            keyrelay_dot_v1_dot_registry__pb2.AuthenticateCredentialRequest.SerializeToString,
+            keyrelay_dot_v1_dot_registry__pb2.AuthenticateCredentialResponse.FromString,
             options,
             channel_credentials,
             insecure,
