@@ -7,18 +7,25 @@
         blob = kms.encrypt(key.key_id, b"secret", context={"order": "42"}).ciphertext_blob
         assert kms.decrypt(blob, context={"order": "42"}).plaintext == b"secret"
 
+With no target, the client reads the default profile (`.keyrelay/profile.toml`, see
+`client_sdk.credentials`): `KmsClient()` talks to the gateway with the profile's credential.
 Every method takes `timeout` (seconds; default the client's) and raises the keyrelay exception
 the server raised (`client_sdk.KeyNotFoundError`, ...), never a bare `grpc.RpcError`.
 """
 
 from __future__ import annotations
 
-import uuid
-from datetime import datetime, timezone
-from typing import Mapping, Sequence
+from typing import Iterator, Mapping, Sequence
 
-import grpc
-
+from client_sdk._channel import (  # noqa: F401  (error_from_rpc and TENANT_METADATA_KEY: public here)
+    TENANT_METADATA_KEY,
+    ServiceClient,
+    error_from_rpc,
+    iterate_pages,
+    optional_datetime,
+    status_code,
+    to_datetime,
+)
 from client_sdk.types import (
     BatchItem,
     DataKey,
@@ -30,15 +37,10 @@ from client_sdk.types import (
     ReEncryptResult,
     SealedPublicKey,
 )
-from foundation.errors import REASON_METADATA_KEY, REQUEST_ID_METADATA_KEY, KeyrelayError, from_status
+from foundation.errors import KeyrelayError, from_status
 from keyrelay.v1 import kms_pb2, kms_pb2_grpc
 
-TENANT_METADATA_KEY = "keyrelay-tenant"
 _STATE_NAMES = {value: name.removeprefix("KEY_STATE_") for name, value in kms_pb2.KeyState.items()}
-
-
-def _datetime(ts) -> datetime:
-    return datetime.fromtimestamp(ts.seconds + ts.nanos / 1e9, timezone.utc)
 
 
 def _metadata(meta: kms_pb2.KeyMetadata) -> KeyMetadata:
@@ -51,76 +53,31 @@ def _metadata(meta: kms_pb2.KeyMetadata) -> KeyMetadata:
         instance_id=meta.instance_id,
         primary_version=meta.primary_version,
         min_decryption_version=meta.min_decryption_version,
-        create_time=_datetime(meta.create_time),
-        deletion_time=_datetime(meta.deletion_time) if meta.HasField("deletion_time") else None,
+        create_time=to_datetime(meta.create_time),
+        deletion_time=optional_datetime(meta, "deletion_time"),
         aliases=tuple(meta.aliases),
         versions=tuple(v.version for v in meta.versions),
     )
 
 
-def _status_code(number: int) -> grpc.StatusCode:
-    for code in grpc.StatusCode:
-        if code.value[0] == number:
-            return code
-    return grpc.StatusCode.UNKNOWN
-
-
-def error_from_rpc(exc: grpc.RpcError) -> KeyrelayError:
-    """The keyrelay exception a failed call stands for."""
-    trailers = dict(exc.trailing_metadata() or ())
-    return from_status(
-        exc.code(), exc.details() or exc.code().name, trailers.get(REASON_METADATA_KEY), trailers.get(REQUEST_ID_METADATA_KEY)
-    )
-
-
-class KmsClient:
+class KmsClient(ServiceClient):
     """A synchronous client of `keyrelay.v1.KeyManagementService` (a node, gateway or private endpoint).
 
     Args:
-        target: host:port of the service.
+        target: host:port of the service; None (with no profile) reads the default profile.
         tenant: the tenant to act as where the server takes it from metadata (a bare node);
             behind the gateway the credential decides.
-        timeout: default per-call deadline in seconds.
+        timeout: default per-call deadline in seconds (default: the profile's, else 10).
         channel: an existing channel to use instead of opening one to `target`.
+        credentials: a TLS credential (CA, client certificate and key); None means plain text
+            unless the profile names one.
+        profile: a `Profile`, or the path of a profile file, to take all of the above from;
+            explicit arguments win over it.
+
+    `KmsClient.from_profile(path=None)` is the same as `KmsClient(profile=load_profile(path))`.
     """
 
-    def __init__(
-        self,
-        target: str = "",
-        *,
-        tenant: str | None = None,
-        timeout: float = 10.0,
-        channel: grpc.Channel | None = None,
-    ) -> None:
-        if channel is None and not target:
-            raise ValueError("KmsClient needs a target (host:port) or a channel")
-        self._own_channel = channel is None
-        self._channel = channel or grpc.insecure_channel(target)
-        self._stub = kms_pb2_grpc.KeyManagementServiceStub(self._channel)
-        self._timeout = timeout
-        self._tenant = tenant
-
-    def close(self) -> None:
-        """Close the channel if this client opened it."""
-        if self._own_channel:
-            self._channel.close()
-
-    def __enter__(self) -> "KmsClient":
-        return self
-
-    def __exit__(self, *exc_info) -> None:
-        self.close()
-
-    def _call(self, method: str, request, timeout: float | None):
-        metadata = [(REQUEST_ID_METADATA_KEY, uuid.uuid4().hex)]
-        if self._tenant:
-            metadata.append((TENANT_METADATA_KEY, self._tenant))
-        try:
-            return getattr(self._stub, method)(
-                request, timeout=self._timeout if timeout is None else timeout, metadata=metadata
-            )
-        except grpc.RpcError as exc:
-            raise error_from_rpc(exc) from None
+    _stub_class = kms_pb2_grpc.KeyManagementServiceStub
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -148,15 +105,9 @@ class KmsClient:
         response = self._call("ListKeys", kms_pb2.ListKeysRequest(page_size=page_size, page_token=page_token), timeout)
         return KeyPage([_metadata(k) for k in response.keys], response.next_page_token)
 
-    def iter_keys(self, *, page_size: int = 0, timeout: float | None = None):
+    def iter_keys(self, *, page_size: int = 0, timeout: float | None = None) -> Iterator[KeyMetadata]:
         """Every key of the tenant, page by page."""
-        token = ""
-        while True:
-            page = self.list_keys(page_size=page_size, page_token=token, timeout=timeout)
-            yield from page.keys
-            if not page.next_page_token:
-                return
-            token = page.next_page_token
+        return iterate_pages(self.list_keys, "keys", page_size=page_size, timeout=timeout)
 
     def enable_key(self, key_id: str, *, timeout: float | None = None) -> KeyMetadata:
         """Enable a key."""
@@ -348,4 +299,4 @@ class KmsClient:
 
 
 def _batch_error(err) -> KeyrelayError:
-    return from_status(_status_code(err.code), err.message, err.reason)
+    return from_status(status_code(err.code), err.message, err.reason)

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timezone
+from pathlib import Path
 
+from client_sdk.credentials import CredentialBundle
 from foundation.errors import KeyrelayError
 
 
@@ -103,3 +105,92 @@ class OpenedPublicKey:
     public_key_bundle: bytes
     key_id: str
     key_version: int
+
+
+# -- administration (AdminService) ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Instance:
+    """A registered dedicated KMS instance: its node replicas, private endpoint and network policy.
+
+    `management_zones` empty means no zone restriction; `allow_public_crypto` false means crypto
+    on its keys is served only at `private_endpoint`.
+    """
+
+    instance_id: str
+    tenant_id: str
+    node_endpoints: tuple[str, ...]
+    private_endpoint: str
+    management_zones: tuple[str, ...]
+    allow_public_crypto: bool
+    create_time: datetime
+
+
+@dataclass(frozen=True)
+class InstancePage:
+    """One page of ListInstances; pass `next_page_token` to get the next ('' on the last page)."""
+
+    instances: list[Instance]
+    next_page_token: str
+
+
+@dataclass(frozen=True)
+class AccessPoint:
+    """An access point: a tenant's identity with a role (`admin`, `crypto-user` or
+    `messaging-user`), the key patterns it may use and the networks it may come from (empty
+    `allowed_zones` / `allowed_cidrs`: any)."""
+
+    access_point_id: str
+    tenant_id: str
+    name: str
+    role: str
+    key_patterns: tuple[str, ...]
+    allowed_zones: tuple[str, ...]
+    allowed_cidrs: tuple[str, ...]
+    create_time: datetime
+
+
+@dataclass(frozen=True)
+class AccessPointPage:
+    """One page of ListAccessPoints; pass `next_page_token` to get the next ('' on the last page)."""
+
+    access_points: list[AccessPoint]
+    next_page_token: str
+
+
+@dataclass(frozen=True)
+class Credential:
+    """An access point's client certificate as the server records it (serial in lowercase hex)."""
+
+    serial: str
+    access_point_id: str
+    not_before: datetime
+    not_after: datetime
+    revoked: bool
+    revoke_time: datetime | None
+    fingerprint_sha256: str
+
+    def status(self, now: datetime | None = None) -> str:
+        """`revoked`, `expired` or `active` (at `now`, default the current time)."""
+        if self.revoked:
+            return "revoked"
+        return "expired" if (now or datetime.now(timezone.utc)) >= self.not_after else "active"
+
+
+@dataclass(frozen=True)
+class IssuedCredential:
+    """A newly issued credential: its record, the client certificate, the CA that signed it, and
+    the private key made on this machine (never in `repr`). `files` holds where they were
+    written ("cert", "key", "ca", "profile"), when they were."""
+
+    credential: Credential
+    certificate_pem: bytes
+    ca_certificate_pem: bytes
+    private_key_pem: bytes = field(repr=False)
+    files: dict[str, Path] = field(default_factory=dict)
+
+    @property
+    def bundle(self) -> CredentialBundle:
+        """The credential, ready for `KmsClient(endpoint, credentials=...)`."""
+        return CredentialBundle(self.ca_certificate_pem, self.certificate_pem, self.private_key_pem)

@@ -82,6 +82,11 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
         return _convert(value, args[0], key)
     if origin in (dict, collections.abc.Mapping) or tp is dict:
         (_key_tp, value_tp) = typing.get_args(tp) or (str, str)
+        if isinstance(value, str):  # from the environment or --set: a TOML inline table
+            try:
+                value = tomllib.loads(f"v = {value}")["v"]
+            except tomllib.TOMLDecodeError:
+                raise ConfigError(f'{key} must be a TOML inline table such as {{ name = "value" }} (got {value!r})') from None
         if not isinstance(value, Mapping):
             raise ConfigError(f"{key} must be a table of name = value (got {value!r})")
         return {str(k): _convert(v, value_tp, f"{key}.{k}") for k, v in value.items()}

@@ -3,7 +3,9 @@
 - `ErrorMappingInterceptor` turns `KeyrelayError` into its status code, message and
   `keyrelay-error-reason` trailer, answers anything else `INTERNAL` without details (logging it
   with the request id), and gives every call a request id (the client's `x-request-id`, or a new
-  one) that is echoed in the trailers and tagged on every log line of the call.
+  one) that is echoed in the trailers and tagged on every log line of the call. Given a
+  `foundation.metrics.Metrics`, it also counts and times every unary and server-streaming call by
+  method name, route (`route_var`, reset to "local" per call) and final status code.
 - `Health` wraps the standard `grpc.health.v1` servicer.
 - `add_reflection` serves server reflection for the given services.
 - `wait_for_termination_signal` resolves on SIGTERM or SIGINT so `__main__` can drain and exit 0.
@@ -14,8 +16,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import time
 import uuid
-from typing import Any, Awaitable, Callable, Iterable
+from typing import Any, Awaitable, Callable, Iterable, Sequence
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -24,6 +27,7 @@ from grpc_reflection.v1alpha import reflection
 
 from foundation.errors import REASON_METADATA_KEY, REQUEST_ID_METADATA_KEY, KeyrelayError
 from foundation.logsetup import request_id_var
+from foundation.metrics import Metrics, route_var
 
 log = logging.getLogger(__name__)
 
@@ -55,41 +59,76 @@ async def _answer_error(
     )
 
 
-def _wrap_unary(behavior: Callable[..., Awaitable[Any]], method: str):
-    async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> Any:
-        request_id = _request_id(context)
-        token = request_id_var.set(request_id)
+def _needs_answer(exc: BaseException | None) -> bool:
+    """True for an error the interceptor must turn into a status: not an abort, not a cancellation."""
+    return isinstance(exc, Exception) and not isinstance(exc, grpc.aio.AbortError)
+
+
+class _Call:
+    """What every intercepted call shares: its request id (tagged on log lines), its route (reset to
+    "local"), the mapping of errors to statuses, and one request metric when it ends."""
+
+    __slots__ = ("_context", "_method", "_metrics", "_request_id", "_tokens", "_started")
+
+    def __init__(self, context: grpc.aio.ServicerContext, method: str, metrics: Metrics | None) -> None:
+        self._context = context
+        self._method = method
+        self._metrics = metrics
+
+    async def __aenter__(self) -> None:
+        self._request_id = _request_id(self._context)
+        self._tokens = (request_id_var.set(self._request_id), route_var.set("local"))
+        self._started = time.perf_counter()
+
+    def _final_code(self, exc: BaseException | None) -> str:
+        if isinstance(exc, KeyrelayError):
+            return exc.code.name
+        if _needs_answer(exc):
+            return "INTERNAL"
+        # A handler's own set_code or abort, else how the call ended.
+        code = self._context.code()
+        if isinstance(code, grpc.StatusCode):
+            return code.name
+        if exc is None:
+            return "OK"
+        return "UNKNOWN" if isinstance(exc, grpc.aio.AbortError) else "CANCELLED"
+
+    async def __aexit__(self, exc_type, exc: BaseException | None, tb) -> None:
+        code = self._final_code(exc) if self._metrics is not None else ""
         try:
-            return await behavior(request, context)
-        except (grpc.aio.AbortError, asyncio.CancelledError):
-            raise
-        except Exception as exc:  # noqa: BLE001 - every error becomes a status here
-            await _answer_error(context, exc, method, request_id)
+            if _needs_answer(exc):
+                await _answer_error(self._context, exc, self._method, self._request_id)  # raises AbortError
         finally:
-            request_id_var.reset(token)
+            if self._metrics is not None:
+                operation = self._method.rpartition("/")[2]
+                self._metrics.observe_request(operation, route_var.get(), code, time.perf_counter() - self._started)
+            route_var.reset(self._tokens[1])
+            request_id_var.reset(self._tokens[0])
+
+
+def _wrap_unary(behavior: Callable[..., Awaitable[Any]], method: str, metrics: Metrics | None):
+    async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        async with _Call(context, method, metrics):
+            return await behavior(request, context)
 
     return wrapped
 
 
-def _wrap_stream(behavior: Callable[..., Any], method: str):
+def _wrap_stream(behavior: Callable[..., Any], method: str, metrics: Metrics | None):
     async def wrapped(request: Any, context: grpc.aio.ServicerContext):
-        request_id = _request_id(context)
-        token = request_id_var.set(request_id)
-        try:
+        async with _Call(context, method, metrics):
             async for item in behavior(request, context):
                 yield item
-        except (grpc.aio.AbortError, asyncio.CancelledError):
-            raise
-        except Exception as exc:  # noqa: BLE001
-            await _answer_error(context, exc, method, request_id)
-        finally:
-            request_id_var.reset(token)
 
     return wrapped
 
 
 class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):
-    """Maps the keyrelay exception hierarchy to gRPC statuses and tags calls with request ids."""
+    """Maps the keyrelay exception hierarchy to gRPC statuses and tags calls with request ids;
+    with `metrics`, also counts and times every unary and server-streaming call."""
+
+    def __init__(self, metrics: Metrics | None = None) -> None:
+        self._metrics = metrics
 
     async def intercept_service(self, continuation, handler_call_details):
         handler = await continuation(handler_call_details)
@@ -98,13 +137,13 @@ class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):
         method = handler_call_details.method
         if handler.unary_unary is not None:
             return grpc.unary_unary_rpc_method_handler(
-                _wrap_unary(handler.unary_unary, method),
+                _wrap_unary(handler.unary_unary, method, self._metrics),
                 request_deserializer=handler.request_deserializer,
                 response_serializer=handler.response_serializer,
             )
         if handler.unary_stream is not None:
             return grpc.unary_stream_rpc_method_handler(
-                _wrap_stream(handler.unary_stream, method),
+                _wrap_stream(handler.unary_stream, method, self._metrics),
                 request_deserializer=handler.request_deserializer,
                 response_serializer=handler.response_serializer,
             )
@@ -138,10 +177,17 @@ def add_reflection(server: grpc.aio.Server, service_names: Iterable[str]) -> Non
     reflection.enable_server_reflection(names, server)
 
 
-def new_server(max_message_bytes: int = 8 * 1024 * 1024) -> grpc.aio.Server:
-    """A grpc.aio server with the error-mapping interceptor and the given message size limit."""
+def new_server(
+    max_message_bytes: int = 8 * 1024 * 1024,
+    *,
+    metrics: Metrics | None = None,
+    interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
+) -> grpc.aio.Server:
+    """A grpc.aio server with the error-mapping interceptor (recording into `metrics` when given)
+    and the given message size limit. `interceptors` run inside it, so the keyrelay errors they
+    raise are answered as statuses."""
     return grpc.aio.server(
-        interceptors=[ErrorMappingInterceptor()],
+        interceptors=[ErrorMappingInterceptor(metrics), *interceptors],
         options=[
             ("grpc.max_receive_message_length", max_message_bytes),
             ("grpc.max_send_message_length", max_message_bytes),

@@ -77,7 +77,7 @@ class PrivateEndpointConfig:
     key: str = ""
     client_ca: str = ""
     zone: str = "private"
-    registry: str = ""
+    registry_nodes: tuple[str, ...] = ()
     credential_cache_seconds: float = 5.0
 
 
@@ -163,13 +163,14 @@ class NodeConfig:
             if self.mode != "dedicated":
                 raise cfg.ConfigError("private_endpoint is for dedicated nodes; remove it or set mode = 'dedicated'")
             cfg.check_host_port("private_endpoint.listen", private.listen)
-            missing = [k for k in ("cert", "key", "client_ca", "registry") if not getattr(private, k)]
+            missing = [k for k in ("cert", "key", "client_ca", "registry_nodes") if not getattr(private, k)]
             if missing:
                 raise cfg.ConfigError(
                     f"private_endpoint needs {', '.join('private_endpoint.' + k for k in missing)}: its clients "
-                    "present access-point certificates, checked against the shared KMS (registry)"
+                    "present access-point certificates, checked against the shared KMS nodes (registry_nodes)"
                 )
-            cfg.check_host_port("private_endpoint.registry", private.registry)
+            for endpoint in private.registry_nodes:
+                cfg.check_host_port("private_endpoint.registry_nodes", endpoint)
             if not tls.cert:
                 raise cfg.ConfigError("private_endpoint needs tls: the node checks credentials over mutual TLS")
             if private.credential_cache_seconds < 0:

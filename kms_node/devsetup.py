@@ -102,10 +102,16 @@ def hsm_init(config: Path, env: dict[str, str]) -> str:
     return done.stdout
 
 
-def wait_until_serving(target: str, timeout: float = 30.0, proc: subprocess.Popen | None = None) -> None:
+def wait_until_serving(
+    target: str,
+    timeout: float = 30.0,
+    proc: subprocess.Popen | None = None,
+    credentials: grpc.ChannelCredentials | None = None,
+) -> None:
     """Poll grpc.health.v1 at `target` until SERVING; raise TimeoutError (or if `proc` exits)."""
     deadline = time.monotonic() + timeout
-    with grpc.insecure_channel(target) as channel:
+    channel = grpc.secure_channel(target, credentials) if credentials else grpc.insecure_channel(target)
+    with channel:
         stub = health_pb2_grpc.HealthStub(channel)
         while time.monotonic() < deadline:
             if proc is not None and proc.poll() is not None:
@@ -120,26 +126,42 @@ def wait_until_serving(target: str, timeout: float = 30.0, proc: subprocess.Pope
 
 
 class NodeProcess:
-    """`keyrelay node` as a child process, logging to a file."""
+    """A `keyrelay` daemon (`node` unless `command` says otherwise) as a child process, logging to a file."""
 
-    def __init__(self, config: Path, env: dict[str, str], log_path: Path, port: int) -> None:
+    def __init__(
+        self,
+        config: Path,
+        env: dict[str, str],
+        log_path: Path,
+        port: int,
+        *,
+        command: str = "node",
+        health_credentials: grpc.ChannelCredentials | None = None,
+    ) -> None:
         self.config = config
         self.env = env
         self.log_path = log_path
         self.port = port
         self.target = f"127.0.0.1:{port}"
+        self.command = command
+        self.health_credentials = health_credentials
         self.proc: subprocess.Popen | None = None
 
-    def start(self, timeout: float = 60.0) -> "NodeProcess":
-        """Start the node and wait until it reports SERVING."""
+    def start(self, timeout: float = 60.0, *, wait: bool = True) -> "NodeProcess":
+        """Start the daemon and (unless `wait` is false) wait until it reports SERVING."""
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
-            [*keyrelay_command(), "node", "--config", str(self.config)],
+            [*keyrelay_command(), self.command, "--config", str(self.config)],
             env=self.env, stdout=log, stderr=subprocess.STDOUT,
         )
         log.close()
-        wait_until_serving(self.target, timeout, self.proc)
+        if wait:
+            self.wait_until_serving(timeout)
         return self
+
+    def wait_until_serving(self, timeout: float = 60.0) -> None:
+        """Wait until the daemon reports SERVING (TimeoutError, or RuntimeError if it exits)."""
+        wait_until_serving(self.target, timeout, self.proc, self.health_credentials)
 
     def terminate(self, timeout: float = 30.0) -> int:
         """SIGTERM, wait, and return the exit status."""

@@ -1,7 +1,12 @@
-"""Build and run a node's grpc.aio server: KMS service, health, reflection, graceful stop.
+"""Build and run a node's grpc.aio servers: KMS service, health, reflection, graceful stop.
 
-Start-up order: bind the port and answer health NOT_SERVING, open the key store, log in to every
-HSM slot, then attach the key service and answer SERVING. Stop: health NOT_SERVING, drain
+The internal port (mutual TLS under the internal CA when `tls` is set) serves the gateway: the
+KMS service, and on a shared node also the key registry, the admin service and credential checks
+(the "shared KMS"). A dedicated node with `private_endpoint` also serves its tenant's clients
+there, with access-point credentials.
+
+Start-up order: bind the ports and answer health NOT_SERVING, open the key store, log in to every
+HSM slot, then attach the services and answer SERVING. Stop: health NOT_SERVING, drain
 in-flight calls for the grace period, close the HSM sessions and the store.
 """
 
@@ -11,16 +16,46 @@ import asyncio
 import logging
 
 from foundation.config import Secret
+from foundation.credential_check import CredentialVerifier
 from foundation.grpc_server import Health, add_reflection, new_server
-from keyrelay.v1 import kms_pb2, kms_pb2_grpc
+from foundation.metrics import Metrics
+from foundation.pki import CertificateAuthority
+from foundation.tls import channel_credentials, server_credentials
+from foundation.upstream import ReplicaSet
+from keyrelay.v1 import admin_pb2, admin_pb2_grpc, kms_pb2, kms_pb2_grpc, registry_pb2, registry_pb2_grpc
+from kms_node.admin import AdminService
+from kms_node.admin_servicer import AdminServicer
 from kms_node.config import NodeConfig
 from kms_node.hsm.pkcs11_pool import Pkcs11Pool
+from kms_node.internal_auth import InternalPeerInterceptor
+from kms_node.private_endpoint import PrivateEndpointServicer
+from kms_node.registry import KeyRegistry
+from kms_node.registry_servicer import AccessRegistryServicer, KeyRegistryServicer
 from kms_node.service import KeyService
 from kms_node.servicer import KeyManagementServicer
+from kms_node.store.admin_sqlite import SqliteAdminStore
 from kms_node.store.sqlite import SqliteKeyStore
 
 log = logging.getLogger(__name__)
 KMS_SERVICE_NAME = kms_pb2.DESCRIPTOR.services_by_name["KeyManagementService"].full_name
+SHARED_SERVICE_NAMES = [
+    registry_pb2.DESCRIPTOR.services_by_name["KeyRegistryService"].full_name,
+    registry_pb2.DESCRIPTOR.services_by_name["AccessRegistryService"].full_name,
+    admin_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name,
+]
+
+
+def _bind(server, listen: str, credentials, what: str) -> int:
+    try:
+        port = server.add_secure_port(listen, credentials) if credentials else server.add_insecure_port(listen)
+    except RuntimeError:  # grpc's way of saying the bind failed
+        port = 0
+    if port == 0:
+        raise OSError(
+            f"cannot listen on {listen} ({what}): the port is in use or the address is not this host's; "
+            "stop the other process or choose another address"
+        )
+    return port
 
 
 class NodeServer:
@@ -29,15 +64,41 @@ class NodeServer:
     def __init__(self, config: NodeConfig, *, pin: Secret) -> None:
         self.config = config
         self._pin = pin
-        self._server = new_server()
+        self.metrics = Metrics("node")
+        interceptors = [InternalPeerInterceptor(config.tls.gateway_cn)] if config.tls.cert else []
+        self._server = new_server(metrics=self.metrics, interceptors=interceptors)
         self._servicer = KeyManagementServicer()
         kms_pb2_grpc.add_KeyManagementServiceServicer_to_server(self._servicer, self._server)
-        self._health = Health(self._server, [KMS_SERVICE_NAME])
-        add_reflection(self._server, [KMS_SERVICE_NAME])
+        services = [KMS_SERVICE_NAME]
+        self._registry_servicer: KeyRegistryServicer | None = None
+        if config.mode == "shared":
+            self._registry_servicer = KeyRegistryServicer()
+            self._access_servicer = AccessRegistryServicer()
+            self._admin_servicer = AdminServicer()
+            registry_pb2_grpc.add_KeyRegistryServiceServicer_to_server(self._registry_servicer, self._server)
+            registry_pb2_grpc.add_AccessRegistryServiceServicer_to_server(self._access_servicer, self._server)
+            admin_pb2_grpc.add_AdminServiceServicer_to_server(self._admin_servicer, self._server)
+            services += SHARED_SERVICE_NAMES
+        self._health = Health(self._server, services)
+        add_reflection(self._server, services)
+        self._private_server = None
+        self._private_health: Health | None = None
+        self._registry_nodes: ReplicaSet | None = None
+        if config.private_endpoint.listen:
+            self._private_server = new_server(metrics=self.metrics)
+            self._private_servicer = PrivateEndpointServicer(
+                self._servicer, zone=config.private_endpoint.zone, instance_id=config.instance_id
+            )
+            kms_pb2_grpc.add_KeyManagementServiceServicer_to_server(self._private_servicer, self._private_server)
+            self._private_health = Health(self._private_server, [KMS_SERVICE_NAME])
+            add_reflection(self._private_server, [KMS_SERVICE_NAME])
         self.pool: Pkcs11Pool | None = None
         self.store: SqliteKeyStore | None = None
+        self.admin_store: SqliteAdminStore | None = None
         self.service: KeyService | None = None
         self.port: int | None = None
+        self.private_port: int | None = None
+        self.metrics_port: int | None = None
         self._sweeper: asyncio.Task | None = None
 
     async def start(self) -> int:
@@ -45,18 +106,24 @@ class NodeServer:
 
         Raises HsmUnavailableError (after releasing the port) if no HSM slot can be opened.
         """
-        try:
-            self.port = self._server.add_insecure_port(self.config.listen)
-        except RuntimeError:  # grpc's way of saying the bind failed
-            self.port = 0
-        if self.port == 0:
-            raise OSError(
-                f"cannot listen on {self.config.listen}: the port is in use or the address is not this host's; "
-                "stop the other process or choose another `listen`"
+        tls = self.config.tls
+        internal = server_credentials(tls.cert, tls.key, tls.client_ca, require_client_cert=True) if tls.cert else None
+        self.port = _bind(self._server, self.config.listen, internal, "the internal port, `listen`")
+        if self._private_server is not None:
+            private = self.config.private_endpoint
+            self.private_port = _bind(
+                self._private_server,
+                private.listen,
+                server_credentials(private.cert, private.key, private.client_ca, require_client_cert=True,
+                                   section="private_endpoint"),
+                "the private endpoint, `private_endpoint.listen`",
             )
         # The health servicer starts out SERVING; say NOT_SERVING before the first call can ask.
         await self._health.set_serving(False)
         await self._server.start()
+        if self._private_server is not None:
+            await self._private_health.set_serving(False)
+            await self._private_server.start()
         log.info("node (%s%s) listening on port %d; logging in to the HSM",
                  self.config.mode, f" {self.config.instance_id}" if self.config.instance_id else "", self.port)
         try:
@@ -74,17 +141,49 @@ class NodeServer:
                 checkout_timeout=hsm.checkout_timeout_seconds,
             )
             await self.pool.start()
+            if self.config.metrics_listen:
+                self.metrics_port = await self.metrics.start_http(self.config.metrics_listen)
+            self.service = KeyService(self.store, self.pool, mode=self.config.mode, instance_id=self.config.instance_id)
+            if self.config.mode == "shared":
+                await self._attach_shared_kms(loop)
+            if self._private_server is not None:
+                self._attach_private_endpoint()
         except BaseException:
             await self._server.stop(0)
+            if self._private_server is not None:
+                await self._private_server.stop(0)
             await self._release()
             raise
-        self.service = KeyService(self.store, self.pool, mode=self.config.mode, instance_id=self.config.instance_id)
         self._servicer.attach(self.service)
         self._sweeper = asyncio.create_task(self._sweep_deletions())
         await self._health.set_serving(True)
+        if self._private_health is not None:
+            await self._private_health.set_serving(True)
         up = [s.label for s in self.pool.status() if s.up]
         log.info("node ready: HSM slots up: %s", ", ".join(up))
         return self.port
+
+    async def _attach_shared_kms(self, loop) -> None:
+        """The shared KMS's registry, admin service and credential checks (and the bootstrap admin)."""
+        ca_config = self.config.ca
+        ca = CertificateAuthority.load(ca_config.cert, ca_config.key) if ca_config.cert else None
+        self.admin_store = await loop.run_in_executor(None, SqliteAdminStore, self.config.store.path)
+        admin = AdminService(self.admin_store, ca, operator_tenant=ca_config.operator_tenant)
+        if ca_config.bootstrap_dir:
+            written = await admin.bootstrap_admin(ca_config.bootstrap_dir)
+            if written:
+                log.info("wrote the bootstrap admin credential to %s", written)
+        self._registry_servicer.attach(KeyRegistry(self.store, self.admin_store))
+        self._access_servicer.attach(admin)
+        self._admin_servicer.attach(admin)
+
+    def _attach_private_endpoint(self) -> None:
+        private, tls = self.config.private_endpoint, self.config.tls
+        self._registry_nodes = ReplicaSet(
+            "shared", private.registry_nodes, channel_credentials(tls.client_ca, tls.cert, tls.key)
+        )
+        self._registry_nodes.start()
+        self._private_servicer.attach(CredentialVerifier(self._registry_nodes, ttl=private.credential_cache_seconds))
 
     async def _sweep_deletions(self) -> None:
         while True:
@@ -98,16 +197,25 @@ class NodeServer:
         """Drain in-flight calls, then close HSM sessions and the store."""
         grace = self.config.shutdown_grace_seconds if grace is None else grace
         await self._health.shutdown()
-        await self._server.stop(grace)
+        if self._private_health is not None:
+            await self._private_health.shutdown()
+        await asyncio.gather(
+            self._server.stop(grace), *([self._private_server.stop(grace)] if self._private_server else [])
+        )
         await self._release()
         log.info("node stopped")
 
     async def _release(self) -> None:
         if self._sweeper is not None:
             self._sweeper.cancel()
+        await self.metrics.stop_http()
+        if self._registry_nodes is not None:
+            await self._registry_nodes.close()
         if self.service is not None:
             self.service.close()
         if self.pool is not None:
             await self.pool.close()
+        if self.admin_store is not None:
+            self.admin_store.close()
         if self.store is not None:
             self.store.close()

@@ -15,10 +15,9 @@ import os
 import re
 import time
 import uuid
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Callable, Mapping, Sequence, TypeVar
+from typing import Awaitable, Callable, Mapping, Sequence, TypeVar
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -43,10 +42,18 @@ from foundation.errors import (
 from kms_node import blob as blobs
 from kms_node import context as contexts
 from kms_node.hsm.backend import HsmAuthenticationFailed, HsmBackend, HsmSession, KeyVersionRef
-from kms_node.store.base import AliasTaken, KeyIdTaken, KeyRecord, KeyState, KeyStore, RevisionConflict, VersionRecord
+from kms_node.store.base import (
+    AliasTaken,
+    KeyIdTaken,
+    KeyRecord,
+    KeyState,
+    KeyStore,
+    RevisionConflict,
+    StoreWorkers,
+    VersionRecord,
+)
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
 
 MAX_PLAINTEXT_BYTES = 4096
 MAX_BATCH_ITEMS = 1000
@@ -63,6 +70,7 @@ _SEALED_DEK_CONTEXT = contexts.encode({"keyrelay:purpose": "sealed-public-key"})
 _SEALED_FORMAT = 1
 _BATCH_CHUNK = 64
 _CAS_ATTEMPTS = 8
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,27 +100,62 @@ class SealedRecord:
     wrapped_dek: bytes
 
 
+async def retry_on_conflict(
+    attempt: Callable[[], Awaitable[T]], exhausted: Callable[[], KeyrelayError], attempts: int = _CAS_ATTEMPTS
+) -> T:
+    """Run a read-modify-write `attempt` again while it raises RevisionConflict (another writer won
+    the race); after `attempts` tries raise `exhausted()`."""
+    for _ in range(attempts):
+        try:
+            return await attempt()
+        except RevisionConflict:
+            continue
+    raise exhausted()
+
+
 def _fmt_time(ts: float) -> str:
     return datetime.fromtimestamp(ts, timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
 
 
-def _is_uuid(text: str) -> bool:
+def clamp_page_size(requested: int) -> int:
+    """The page size to use for a requested one: 0 means 100, at most 1000."""
+    return min(requested or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
+
+
+def encode_page_token(position: Sequence[object]) -> str:
+    """An opaque page token holding a listing position (JSON values)."""
+    return base64.urlsafe_b64encode(json.dumps(list(position)).encode()).decode()
+
+
+def decode_page_token(token: str, arity: int) -> list:
+    """The position in a token from `encode_page_token`; InvalidArgumentError if it is not one."""
+    try:
+        position = json.loads(base64.urlsafe_b64decode(token.encode()))
+    except ValueError:
+        position = None
+    if not isinstance(position, list) or len(position) != arity:
+        raise InvalidArgumentError("page_token is not one this service issued; start again without it")
+    return position
+
+
+def is_uuid(text: str) -> bool:
+    """Whether `text` is a lower-case UUID (the form of every key id)."""
     try:
         return str(uuid.UUID(text)) == text
     except ValueError:
         return False
 
 
-def _check_ref(ref: str) -> None:
+def check_ref(ref: str) -> None:
     if not ref:
         raise InvalidArgumentError("key_id is required: give a key id (UUID) or an alias 'alias/NAME'")
-    if not (_is_uuid(ref) or _ALIAS.fullmatch(ref)):
+    if not (is_uuid(ref) or _ALIAS.fullmatch(ref)):
         raise InvalidArgumentError(
             f"key_id {ref[:80]!r} is neither a key id (lower-case UUID) nor an alias 'alias/NAME'"
         )
 
 
-def _check_alias(alias: str) -> None:
+def check_alias(alias: str) -> None:
     if not _ALIAS.fullmatch(alias):
         raise InvalidArgumentError(
             f"alias {alias[:80]!r} must be 'alias/' followed by 1-250 of A-Z a-z 0-9 / _ -"
@@ -216,18 +259,27 @@ class KeyService:
         self._mode = mode
         self._instance_id = instance_id
         self._clock = clock
-        self._store_executor = ThreadPoolExecutor(max_workers=4, thread_name_prefix="store")
-
-    async def _db(self, fn: Callable[..., T], *args) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self._store_executor, fn, *args)
+        self._db = StoreWorkers()
 
     def close(self) -> None:
         """Stop the store worker threads (the store and HSM are closed by their owners)."""
-        self._store_executor.shutdown(wait=True)
+        self._db.close()
 
     # -- resolution -------------------------------------------------------------------------
 
-    def _lookup_blocking(self, caller: Caller, ref: str) -> KeyRecord:
+    def _is_local(self, record: KeyRecord) -> bool:
+        """Whether this node's pool holds the key (it is not a registry record of a dedicated key)."""
+        return record.instance_id == self._instance_id
+
+    def _require_local(self, record: KeyRecord) -> None:
+        if not self._is_local(record):
+            raise KeyStateConflictError(
+                f"key {record.key_id} lives on dedicated instance {record.instance_id}; send requests for it "
+                "through the gateway or the instance's private endpoint"
+            )
+
+    def _lookup_blocking(self, caller: Caller, ref: str, local: bool = True) -> KeyRecord:
+        """The caller's key named by id or alias; with `local`, refuse registry records."""
         key_id = ref
         if ref.startswith("alias/"):
             found = self._store.resolve_alias(caller.tenant_id, ref)
@@ -239,11 +291,13 @@ class KeyService:
             raise KeyNotFoundError(f"no key {ref!r} exists in tenant {caller.tenant_id!r}")
         if record.state == KeyState.CREATING:
             raise KeyStateConflictError(f"key {record.key_id} is still being created; retry shortly")
+        if local:
+            self._require_local(record)
         return record
 
-    async def _lookup(self, caller: Caller, ref: str) -> KeyRecord:
-        _check_ref(ref)
-        return await self._db(self._lookup_blocking, caller, ref)
+    async def _lookup(self, caller: Caller, ref: str, *, local: bool = True) -> KeyRecord:
+        check_ref(ref)
+        return await self._db(self._lookup_blocking, caller, ref, local)
 
     async def _lookup_for_ciphertext(self, caller: Caller, parsed: blobs.CiphertextBlob) -> KeyVersionRef:
         record = await self._db(self._lookup_blocking, caller, parsed.key_id)
@@ -261,16 +315,15 @@ class KeyService:
 
     async def _modify(self, caller: Caller, ref: str, change: Callable[[KeyRecord], KeyRecord | None]) -> KeyRecord:
         """Read-modify-write a key with compare-and-set; `change` returns None for no change."""
-        for _ in range(_CAS_ATTEMPTS):
+
+        async def attempt() -> KeyRecord:
             record = await self._lookup(caller, ref)
             updated = change(record)
-            if updated is None:
-                return record
-            try:
-                return await self._db(self._store.update_key, updated)
-            except RevisionConflict:
-                continue
-        raise KeyStateConflictError(f"key {ref} is being changed by other requests; retry")
+            return record if updated is None else await self._db(self._store.update_key, updated)
+
+        return await retry_on_conflict(
+            attempt, lambda: KeyStateConflictError(f"key {ref} is being changed by other requests; retry")
+        )
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -297,7 +350,7 @@ class KeyService:
                     f"tag {tag_key[:40]!r}: keys are 1-{MAX_TAG_KEY} characters, values at most {MAX_TAG_VALUE}"
                 )
         if alias:
-            _check_alias(alias)
+            check_alias(alias)
         if key_spec != KEY_SPEC_AES_256:
             raise InvalidArgumentError(f"key_spec {key_spec} is not supported; use KEY_SPEC_AES_256")
         if self._mode == "shared" and instance_id:
@@ -309,7 +362,7 @@ class KeyService:
             raise InvalidArgumentError(
                 f"this node serves dedicated instance {self._instance_id!r}, not {instance_id!r}"
             )
-        if key_id and not _is_uuid(key_id):
+        if key_id and not is_uuid(key_id):
             raise InvalidArgumentError(f"key_id {key_id[:80]!r} must be a lower-case UUID")
         key_id = key_id or str(uuid.uuid4())
         wrapped = await self._hsm.run(lambda session: session.generate_wrapped_key())
@@ -337,16 +390,16 @@ class KeyService:
         return created
 
     async def describe_key(self, caller: Caller, ref: str) -> KeyRecord:
-        """The key's metadata."""
-        return await self._lookup(caller, ref)
+        """The key's metadata (on a shared node also a dedicated key's, from the registry)."""
+        return await self._lookup(caller, ref, local=False)
 
     async def list_keys(self, caller: Caller, page_size: int = 0, page_token: str = "") -> tuple[list[KeyRecord], str]:
         """One page of the caller's keys and the token of the next page ('' on the last)."""
-        size = min(page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
+        size = clamp_page_size(page_size)
         after = None
         if page_token:
+            created, key_id = decode_page_token(page_token, 2)
             try:
-                created, key_id = json.loads(base64.urlsafe_b64decode(page_token.encode()))
                 after = (float(created), str(key_id))
             except (ValueError, TypeError):
                 raise InvalidArgumentError("page_token is not one this service issued; start again without it") from None
@@ -354,8 +407,7 @@ class KeyService:
         next_token = ""
         if len(records) > size:
             records = records[:size]
-            last = records[-1]
-            next_token = base64.urlsafe_b64encode(json.dumps([last.create_time, last.key_id]).encode()).decode()
+            next_token = encode_page_token([records[-1].create_time, records[-1].key_id])
         return records, next_token
 
     async def enable_key(self, caller: Caller, ref: str) -> KeyRecord:
@@ -444,7 +496,7 @@ class KeyService:
 
     async def create_alias(self, caller: Caller, alias: str, ref: str) -> KeyRecord:
         """Point a new alias at a key of the caller's tenant."""
-        _check_alias(alias)
+        check_alias(alias)
         record = await self._lookup(caller, ref)
         _not_pending(record, "alias it")
         try:
@@ -455,18 +507,25 @@ class KeyService:
 
     async def delete_alias(self, caller: Caller, alias: str) -> str:
         """Remove an alias; returns the key id it pointed to."""
-        _check_alias(alias)
-        key_id = await self._db(self._store.delete_alias, caller.tenant_id, alias)
+        check_alias(alias)
+        key_id = await self._db(self._delete_alias_blocking, caller, alias)
         if key_id is None:
             raise AliasNotFoundError(f"no alias {alias!r} exists in tenant {caller.tenant_id!r}")
         return key_id
+
+    def _delete_alias_blocking(self, caller: Caller, alias: str) -> str | None:
+        key_id = self._store.resolve_alias(caller.tenant_id, alias)
+        record = self._store.get_key(key_id) if key_id else None
+        if record is not None:
+            self._require_local(record)
+        return self._store.delete_alias(caller.tenant_id, alias)
 
     async def purge_due_keys(self) -> int:
         """Delete keys whose deletion time has passed; returns how many were deleted."""
         purged = 0
         for key_id in await self._db(self._store.keys_due_for_deletion, self._clock()):
             record = await self._db(self._store.get_key, key_id)
-            if record and record.state == KeyState.PENDING_DELETION:
+            if record and record.state == KeyState.PENDING_DELETION and self._is_local(record):
                 if await self._db(self._store.delete_key, key_id, record.revision):
                     purged += 1
                     log.info("deleted key %s at the end of its deletion window", key_id)
@@ -608,7 +667,7 @@ class KeyService:
         prepared = []
         for index, (ref, number_of_bytes, context) in enumerate(items):
             try:
-                _check_ref(ref)
+                check_ref(ref)
                 prepared.append((index, ref, _data_key_size(number_of_bytes), _check_context(context)))
             except KeyrelayError as exc:
                 results[index] = exc

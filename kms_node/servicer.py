@@ -1,11 +1,14 @@
 """`keyrelay.v1.KeyManagementService` on a node: protobuf in, `KeyService` call, protobuf out.
 
 The only module of the node that imports the generated `*_pb2` code. The calling tenant comes
-from the `keyrelay-tenant` metadata (set by the gateway from the caller's credential).
+from the `keyrelay-tenant` metadata (set by the gateway from the caller's credential, and trusted
+because the internal port admits only the gateway), or, at a dedicated node's private endpoint,
+from the access point the client authenticated as.
 """
 
 from __future__ import annotations
 
+import contextvars
 import re
 
 import grpc
@@ -17,6 +20,8 @@ from kms_node.service import Caller, CryptoResult, KeyService, SealedRecord
 from kms_node.store.base import KeyRecord
 
 TENANT_METADATA_KEY = "keyrelay-tenant"
+#: Set by the private endpoint to the tenant of the authenticated access point; it wins over metadata.
+caller_tenant_var: contextvars.ContextVar[str] = contextvars.ContextVar("caller_tenant", default="")
 DEFAULT_TENANT = "default"
 _TENANT = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 _STATE = {
@@ -76,6 +81,9 @@ class KeyManagementServicer(kms_pb2_grpc.KeyManagementServiceServicer):
 
     @staticmethod
     def _caller(context: grpc.aio.ServicerContext) -> Caller:
+        authenticated = caller_tenant_var.get()
+        if authenticated:
+            return Caller(authenticated)
         for key, value in context.invocation_metadata() or ():
             if key == TENANT_METADATA_KEY:
                 if not _TENANT.fullmatch(value):

@@ -1,7 +1,11 @@
 """The `keyrelay` command.
 
-    keyrelay node --config node.toml        run a KMS node
-    keyrelay hsm init --config node.toml    initialise the pool's tokens and its domain key
+    keyrelay node --config node.toml         run a KMS node
+    keyrelay gateway --config gateway.toml   run the KMS gateway
+    keyrelay hsm init --config node.toml     initialise the pool's tokens and its domain key
+    keyrelay instance|access-point|credential ...   administer dedicated instances and access
+    keyrelay pki create-ca|issue             make CAs and certificates for a deployment
+    keyrelay audit verify FILE               check an audit log's hash chain
 
 Daemon commands import their package only when chosen, so the client commands stay light.
 """
@@ -11,11 +15,17 @@ from __future__ import annotations
 import argparse
 import sys
 
-from client_sdk.cli import hsm_commands
+from client_sdk.cli import admin_commands, audit_commands, hsm_commands, pki_commands
 
 
 def _node(args: argparse.Namespace) -> int:
     from kms_node.__main__ import run
+
+    return run(args)
+
+
+def _gateway(args: argparse.Namespace) -> int:
+    from kms_gateway.__main__ import run
 
     return run(args)
 
@@ -38,7 +48,20 @@ def build_parser() -> argparse.ArgumentParser:
     add_node_arguments(node)
     node.set_defaults(func=_node)
 
+    from kms_gateway.__main__ import add_arguments as add_gateway_arguments
+
+    gateway = commands.add_parser(
+        "gateway",
+        help="run the KMS gateway until SIGTERM",
+        description="Run the KMS gateway. Example: keyrelay gateway --config deploy/gateway.toml",
+    )
+    add_gateway_arguments(gateway)
+    gateway.set_defaults(func=_gateway)
+
     hsm_commands.register(commands)
+    admin_commands.register(commands)
+    pki_commands.register(commands)
+    audit_commands.register(commands)
     return parser
 
 

@@ -8,8 +8,12 @@ retries on fresh data.
 
 from __future__ import annotations
 
+import asyncio
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
-from typing import Protocol
+from typing import Callable, Protocol, Sequence, TypeVar
+
+T = TypeVar("T")
 
 
 class KeyState:
@@ -32,7 +36,12 @@ class VersionRecord:
 
 @dataclass(frozen=True, slots=True)
 class KeyRecord:
-    """A key's metadata as stored. Times are Unix seconds."""
+    """A key's metadata as stored. Times are Unix seconds.
+
+    On a shared node the same table is the key registry: a key of a dedicated instance is a row
+    with `instance_id` set and no versions (`primary_version` 0). The store sets `revision` and
+    `update_time` whenever it saves a change.
+    """
 
     key_id: str
     tenant_id: str
@@ -48,6 +57,7 @@ class KeyRecord:
     revision: int = 1
     aliases: tuple[str, ...] = ()
     versions: tuple[VersionRecord, ...] = ()
+    update_time: float = 0.0
 
     def version(self, number: int) -> VersionRecord | None:
         """The version record with that number, if the key has it."""
@@ -71,6 +81,19 @@ class AliasTaken(Exception):
 
 class KeyIdTaken(Exception):
     """A key with this id exists already."""
+
+
+class RequestIdTaken(Exception):
+    """A reservation with this request id exists for another tenant."""
+
+
+@dataclass(frozen=True, slots=True)
+class Reservation:
+    """A registry reservation: the request id a gateway chose and the key it reserved."""
+
+    request_id: str
+    tenant_id: str
+    key_id: str
 
 
 class KeyStore(Protocol):
@@ -108,5 +131,36 @@ class KeyStore(Protocol):
     def delete_key(self, key_id: str, expected_revision: int) -> bool:
         """Delete a key, its versions and aliases if unchanged; return whether it did."""
 
+    def replace_aliases(self, record: KeyRecord, aliases: Sequence[str]) -> KeyRecord:
+        """Save `record`'s metadata like `update_key` and make `aliases` its complete alias set,
+        in one transaction, if `record.revision` is current.
+
+        Raises RevisionConflict, or AliasTaken when an alias belongs to another key of the tenant.
+        """
+
+    def reserve_key(self, record: KeyRecord, alias: str | None, request_id: str) -> KeyRecord:
+        """Insert a registry record (and alias) under a request id, idempotently: if the request
+        id already reserved a key of the same tenant that still exists, return that key instead.
+
+        Raises AliasTaken, KeyIdTaken, or RequestIdTaken (the id is another tenant's).
+        """
+
+    def find_reservation(self, request_id: str) -> Reservation | None:
+        """The reservation made under a request id, or None."""
+
     def close(self) -> None:
         """Release connections."""
+
+
+class StoreWorkers:
+    """A small thread pool that runs blocking store calls off the event loop."""
+
+    def __init__(self, workers: int = 4, name: str = "store") -> None:
+        self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix=name)
+
+    async def __call__(self, fn: Callable[..., T], *args) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+
+    def close(self) -> None:
+        """Wait for running calls and stop the threads."""
+        self._executor.shutdown(wait=True)

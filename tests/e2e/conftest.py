@@ -59,10 +59,15 @@ def _require_tools() -> None:
         pytest.skip(message)
 
 
-@pytest.fixture
-def dev_pool(tmp_path):
-    """A provisioned two-slot SoftHSM pool with a node config; nodes are killed at the end."""
+@pytest.fixture(scope="session")
+def e2e_tools():
+    """SoftHSM and OpenSC are installed (a failure under CI, a skip saying why elsewhere)."""
     _require_tools()
+
+
+@pytest.fixture
+def dev_pool(tmp_path, e2e_tools):
+    """A provisioned two-slot SoftHSM pool with a node config; nodes are killed at the end."""
     pool = DevPool(tmp_path, ["e2e-a", "e2e-b"])
     pool.init()
     yield pool

@@ -145,7 +145,7 @@ def test_a_wrong_pin_missing_token_bad_setting_or_busy_port_stops_the_node_with_
             env=dev_pool.env, capture_output=True, text=True, timeout=60,
         )
     assert done.returncode == 2
-    assert f"cannot listen on 127.0.0.1:{dev_pool.port}: the port is in use" in done.stderr
+    assert f"cannot listen on 127.0.0.1:{dev_pool.port} (the internal port, `listen`): the port is in use" in done.stderr
     assert "Traceback" not in done.stderr
 
 

@@ -82,6 +82,9 @@ def test_reflection_lists_the_node_services(served_node):
         names = {service.name for response in responses for service in response.list_services_response.service}
     assert names == {
         "keyrelay.v1.KeyManagementService",
+        "keyrelay.v1.KeyRegistryService",  # a shared node is also the shared KMS of the gateway
+        "keyrelay.v1.AccessRegistryService",
+        "keyrelay.v1.AdminService",
         "grpc.health.v1.Health",
         "grpc.reflection.v1alpha.ServerReflection",
     }

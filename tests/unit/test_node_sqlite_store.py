@@ -8,8 +8,18 @@ import uuid
 
 import pytest
 
-from kms_node.store.base import AliasTaken, KeyRecord, KeyState, RevisionConflict, VersionRecord
+from fake_clock import Clock
+from kms_node.store.base import (
+    AliasTaken,
+    KeyRecord,
+    KeyState,
+    RequestIdTaken,
+    Reservation,
+    RevisionConflict,
+    VersionRecord,
+)
 from kms_node.store.sqlite import MIGRATIONS, SqliteKeyStore
+from kms_node.store.sqlite_base import SqliteDatabase
 
 
 @pytest.fixture
@@ -45,14 +55,46 @@ def record(tenant: str = "acme", create_time: float = 1000.0, key_id: str | None
 # -- schema -------------------------------------------------------------------------------------
 
 
-def test_migration_creates_schema_version_1(store, db_path):
-    """A new file gets every table at schema version 1 (and its parent folder is created)."""
-    assert len(MIGRATIONS) == 1
-    assert store.schema_version() == 1
+def test_migration_creates_latest_schema(store, db_path):
+    """A new file gets every table at the latest schema version (and its parent folder is created)."""
+    assert len(MIGRATIONS) == 2
+    assert store.schema_version() == 2
     with sqlite3.connect(db_path) as raw:
         tables = {name for (name,) in raw.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-        assert {"keys", "key_versions", "aliases", "schema_version"} <= tables
-        assert raw.execute("SELECT version FROM schema_version").fetchall() == [(1,)]
+        assert {"keys", "key_versions", "aliases", "reservations", "schema_version"} <= tables
+        assert raw.execute("SELECT version FROM schema_version").fetchall() == [(2,)]
+        columns = {row[1] for row in raw.execute("PRAGMA table_info(keys)")}
+        assert "update_time" in columns
+
+
+def test_migration_from_version_1_keeps_keys(db_path):
+    """A version-1 file (before the registry) is migrated to version 2: its keys keep every field,
+    their update time becomes their create time, and reservations start empty."""
+    old = SqliteDatabase(db_path, MIGRATIONS[:1], "schema_version")
+    key_id = str(uuid.uuid4())
+    old.write(lambda conn: (
+        conn.execute(
+            "INSERT INTO keys (key_id, tenant_id, description, tags, state, instance_id, key_spec, primary_version, "
+            "min_decryption_version, create_time, deletion_time, revision) "
+            "VALUES (?, 'acme', 'old', '{}', 'ENABLED', '', 'AES_256', 1, 1, 123.5, NULL, 3)",
+            (key_id,),
+        ),
+        conn.execute("INSERT INTO key_versions VALUES (?, 1, 123.5, ?)", (key_id, b"wrapped")),
+        conn.execute("INSERT INTO aliases VALUES ('acme', 'alias/old', ?)", (key_id,)),
+    ))
+    assert old.schema_version() == 1
+    old.close()
+
+    store = SqliteKeyStore(db_path)
+    try:
+        assert store.schema_version() == 2
+        migrated = store.get_key(key_id)
+        assert (migrated.description, migrated.revision, migrated.aliases) == ("old", 3, ("alias/old",))
+        assert migrated.versions == (VersionRecord(1, 123.5, b"wrapped"),)
+        assert migrated.update_time == 123.5
+        assert store.find_reservation("anything") is None
+    finally:
+        store.close()
 
 
 def test_reopening_is_idempotent_and_keeps_data(store, db_path):
@@ -60,7 +102,7 @@ def test_reopening_is_idempotent_and_keeps_data(store, db_path):
     created = store.create_key(record(), "alias/a")
     again = SqliteKeyStore(db_path)
     try:
-        assert again.schema_version() == 1
+        assert again.schema_version() == 2
         assert again.get_key(created.key_id) == created
         with sqlite3.connect(db_path) as raw:
             assert raw.execute("SELECT COUNT(*) FROM schema_version").fetchone() == (1,)
@@ -276,3 +318,109 @@ def test_concurrent_threads_share_the_file(store):
         t.join()
     assert errors == []
     assert len(store.list_keys("acme", None, 100)) == 8
+
+
+# -- update time ----------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def clocked(tmp_path):
+    s = SqliteKeyStore(str(tmp_path / "clocked.db"), clock=Clock(5000.0, step=1.0))
+    yield s
+    s.close()
+
+
+def test_update_time_is_set_on_every_change(clocked):
+    """A new key's update time is its create time; every later change stamps the store's clock."""
+    key = clocked.create_key(record(create_time=1000.0), None)
+    assert key.update_time == 1000.0 == clocked.get_key(key.key_id).update_time
+    updated = clocked.update_key(key.evolve(description="x"))
+    assert updated.update_time == 5001.0
+    clocked.create_alias("acme", "alias/t", key.key_id)
+    assert clocked.get_key(key.key_id).update_time == 5002.0
+    clocked.delete_alias("acme", "alias/t")
+    assert clocked.get_key(key.key_id).update_time == 5003.0
+    replaced = clocked.replace_aliases(clocked.get_key(key.key_id), ["alias/r"])
+    assert replaced.update_time == 5004.0
+
+
+# -- registry records -----------------------------------------------------------------------------
+
+
+def registry_record(tenant: str = "acme", instance: str = "ded-1", **changes) -> KeyRecord:
+    return record(
+        tenant=tenant, instance_id=instance, state=KeyState.CREATING, primary_version=0, min_decryption_version=0,
+        versions=(), description="", tags={}, **changes,
+    )
+
+
+def test_replace_aliases_sets_the_complete_set(store):
+    """replace_aliases saves the metadata and makes the given aliases exactly the key's, in one
+    revision; an empty list removes them all."""
+    key = store.create_key(record(), "alias/a")
+    store.create_alias("acme", "alias/b", key.key_id)
+    current = store.get_key(key.key_id)
+    replaced = store.replace_aliases(current.evolve(state=KeyState.DISABLED), ["alias/b", "alias/c", "alias/c"])
+    assert replaced.aliases == ("alias/b", "alias/c")
+    assert replaced.state == KeyState.DISABLED
+    assert replaced.revision == current.revision + 1
+    assert store.resolve_alias("acme", "alias/a") is None
+    assert store.resolve_alias("acme", "alias/c") == key.key_id
+    emptied = store.replace_aliases(replaced, [])
+    assert emptied.aliases == () and emptied.revision == replaced.revision + 1
+
+
+def test_replace_aliases_refuses_taken_alias_and_stale_revision(store):
+    """An alias of another key of the tenant is refused and nothing changes; another tenant's
+    alias of the same name is no obstacle; a stale revision conflicts."""
+    key = store.create_key(record(), "alias/mine")
+    store.create_key(record(), "alias/theirs")
+    store.create_key(record(tenant="globex"), "alias/elsewhere")
+    with pytest.raises(AliasTaken):
+        store.replace_aliases(key.evolve(state=KeyState.DISABLED), ["alias/new", "alias/theirs"])
+    unchanged = store.get_key(key.key_id)
+    assert (unchanged.aliases, unchanged.state, unchanged.revision) == (("alias/mine",), KeyState.ENABLED, key.revision)
+    assert store.resolve_alias("acme", "alias/new") is None
+    assert store.replace_aliases(key, ["alias/elsewhere"]).aliases == ("alias/elsewhere",)
+    with pytest.raises(RevisionConflict):
+        store.replace_aliases(key, ["alias/late"])
+
+
+def test_reserve_key_is_idempotent_per_request_id(store):
+    """The same request id and tenant get the first reservation back, even with another record;
+    the reservation is findable; another tenant cannot reuse the request id."""
+    first = store.reserve_key(registry_record(), "alias/ded", "req-1")
+    assert first.state == KeyState.CREATING and first.aliases == ("alias/ded",)
+    assert first.versions == () and first.primary_version == 0
+    again = store.reserve_key(registry_record(), "alias/other", "req-1")
+    assert again == store.get_key(first.key_id)
+    assert store.resolve_alias("acme", "alias/other") is None
+    assert store.find_reservation("req-1") == Reservation("req-1", "acme", first.key_id)
+    with pytest.raises(RequestIdTaken):
+        store.reserve_key(registry_record(tenant="globex"), None, "req-1")
+
+
+def test_reserve_key_after_the_key_is_gone_reserves_afresh(store):
+    """Once the reserved key is deleted (aborted), the request id reserves a new key."""
+    first = store.reserve_key(registry_record(), "alias/ded", "req-2")
+    assert store.delete_key(first.key_id, first.revision)
+    second = store.reserve_key(registry_record(), "alias/ded", "req-2")
+    assert second.key_id != first.key_id
+    assert store.find_reservation("req-2").key_id == second.key_id
+
+
+def test_reserve_key_alias_conflicts_across_shared_and_dedicated(store):
+    """A reservation cannot take an alias of a shared key of the tenant, and is not recorded."""
+    store.create_key(record(), "alias/taken")
+    with pytest.raises(AliasTaken):
+        store.reserve_key(registry_record(), "alias/taken", "req-3")
+    assert store.find_reservation("req-3") is None
+
+
+def test_registry_records_are_listed_once_committed(store):
+    """CREATING reservations are not listed; committed registry records are, beside shared keys."""
+    shared = store.create_key(record(create_time=1.0), None)
+    reserved = store.reserve_key(registry_record(create_time=2.0), None, "req-4")
+    assert [r.key_id for r in store.list_keys("acme", None, 10)] == [shared.key_id]
+    store.update_key(reserved.evolve(state=KeyState.ENABLED))
+    assert [r.key_id for r in store.list_keys("acme", None, 10)] == [shared.key_id, reserved.key_id]

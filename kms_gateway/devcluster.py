@@ -1,0 +1,195 @@
+"""A development cluster on one machine: PKI, SoftHSM pools, configs, and the daemons as processes.
+
+`DevCluster(root).prepare()` writes everything a gateway in front of a shared KMS (N replicas on
+one pool and one store) and one dedicated instance (its own token and store, with a private
+endpoint) need:
+
+- two CAs: the *internal* CA (mutual TLS between gateway and nodes) and the *KMS* CA (server
+  certificates clients see, and access-point credentials, issued by the shared KMS);
+- SoftHSM tokens and domain keys (`keyrelay hsm init`);
+- a config per daemon.
+
+`start()` runs each daemon the way a user does (`keyrelay node`, `keyrelay gateway`) and waits
+for health. The shared KMS writes the bootstrap admin credential at first start, and
+`admin_profile()` points at it. Used by the end-to-end tests and the gateway benchmark.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from foundation.pki import CertificateAuthority, certificate_pem, write_credential
+from foundation.tls import channel_credentials
+from kms_node import devsetup
+
+INTERNAL_HOSTS = ("127.0.0.1", "localhost")
+GATEWAY_CN = "keyrelay-gateway"
+
+
+@dataclass
+class Daemon:
+    """One daemon of the cluster: its config, port and process."""
+
+    name: str
+    command: str
+    config: Path
+    port: int
+    health_ca: Path
+    health_cert: Path | None = None
+    health_key: Path | None = None
+    process: devsetup.NodeProcess | None = None
+
+    def health_credentials(self):
+        return channel_credentials(str(self.health_ca), str(self.health_cert or ""), str(self.health_key or ""))
+
+
+@dataclass
+class DevCluster:
+    """Files and processes of a development cluster under `root`."""
+
+    root: Path
+    shared_replicas: int = 2
+    instance_id: str = "dev-dedicated"
+    shared_tokens: tuple[str, ...] = ("kr-shared-a", "kr-shared-b")
+    dedicated_tokens: tuple[str, ...] = ("kr-dedicated-a",)
+    listeners: dict[str, int] = field(default_factory=dict)
+    gateway_extra: str = ""
+    daemons: dict[str, Daemon] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.root = Path(self.root)
+        self.pki = self.root / "pki"
+        self.logs = self.root / "logs"
+        self.bootstrap_dir = self.root / "bootstrap"
+        self.audit_path = self.root / "audit.log"
+        self.softhsm_conf = devsetup.write_softhsm_conf(self.root)
+        self.env = devsetup.dev_environment(self.softhsm_conf)
+
+    # -- files ------------------------------------------------------------------------------------
+
+    def _credential(self, ca: CertificateAuthority, name: str, *, server: bool, client: bool) -> tuple[Path, Path]:
+        cert, key = ca.issue(name, hosts=INTERNAL_HOSTS, server=server, client=client)
+
+        paths = write_credential(self.pki / "certs", name, certificate_pem(cert), key, ca.certificate_pem)
+        return paths["cert"], paths["key"]
+
+    def prepare(self) -> "DevCluster":
+        """Make the CAs, certificates, HSM tokens and configs (once; the root must be empty)."""
+        self.logs.mkdir(parents=True, exist_ok=True)
+        internal = CertificateAuthority.create(self.pki / "internal-ca", "keyrelay internal CA")
+        kms = CertificateAuthority.create(self.pki / "kms-ca", "keyrelay KMS CA")
+        self.internal_ca = self.pki / "internal-ca" / "ca.crt"
+        self.kms_ca = self.pki / "kms-ca" / "ca.crt"
+        self.gateway_client = self._credential(internal, GATEWAY_CN, server=False, client=True)
+        shared_cert = self._credential(internal, "keyrelay-node-shared", server=True, client=True)
+        dedicated_cert = self._credential(internal, f"keyrelay-node-{self.instance_id}", server=True, client=True)
+        gateway_server = self._credential(kms, "gateway", server=True, client=False)
+        private_server = self._credential(kms, f"private-{self.instance_id}", server=True, client=False)
+
+        shared_ports = [devsetup.free_port() for _ in range(self.shared_replicas)]
+        for index, port in enumerate(shared_ports, start=1):
+            config = devsetup.write_node_config(
+                self.root / f"shared-{index}.toml",
+                tokens=list(self.shared_tokens),
+                listen=f"127.0.0.1:{port}",
+                store_path=str(self.root / "shared.db"),
+                extra=f'metrics_listen = "127.0.0.1:{devsetup.free_port()}"\n'
+                + self._tls_section(internal_cert=shared_cert)
+                + f'[ca]\ncert = "{self.kms_ca}"\nkey = "{self.pki / "kms-ca" / "ca.key"}"\n'
+                f'bootstrap_dir = "{self.bootstrap_dir}"\n',
+            )
+            self._add(f"shared-{index}", "node", config, port, self.internal_ca, *self.gateway_client)
+        dedicated_port, private_port = devsetup.free_port(), devsetup.free_port()
+        registry = ", ".join(f'"127.0.0.1:{p}"' for p in shared_ports)
+        config = devsetup.write_node_config(
+            self.root / "dedicated.toml",
+            tokens=list(self.dedicated_tokens),
+            listen=f"127.0.0.1:{dedicated_port}",
+            store_path=str(self.root / "dedicated.db"),
+            mode="dedicated",
+            instance_id=self.instance_id,
+            extra=f'metrics_listen = "127.0.0.1:{devsetup.free_port()}"\n'
+            + self._tls_section(internal_cert=dedicated_cert)
+            + f'[private_endpoint]\nlisten = "127.0.0.1:{private_port}"\ncert = "{private_server[0]}"\n'
+            f'key = "{private_server[1]}"\nclient_ca = "{self.kms_ca}"\nregistry_nodes = [{registry}]\n'
+            "credential_cache_seconds = 1\n",
+        )
+        self._add("dedicated", "node", config, dedicated_port, self.internal_ca, *self.gateway_client)
+        self.private_endpoint = f"127.0.0.1:{private_port}"
+        self.dedicated_internal = f"127.0.0.1:{dedicated_port}"
+        self.shared_endpoints = [f"127.0.0.1:{p}" for p in shared_ports]
+
+        if not self.listeners:
+            self.listeners = {"public": devsetup.free_port(), "vpc": devsetup.free_port()}
+        listeners = "".join(f'{zone} = "127.0.0.1:{port}"\n' for zone, port in self.listeners.items())
+        shared = ", ".join(f'"{e}"' for e in self.shared_endpoints)
+        gateway = self.root / "gateway.toml"
+        gateway.write_text(
+            f"shared_nodes = [{shared}]\nshutdown_grace_seconds = 5\nhealth_check_seconds = 0.5\n"
+            f'credential_cache_seconds = 1\nmetrics_listen = "127.0.0.1:{devsetup.free_port()}"\n{self.gateway_extra}\n'
+            f"[listeners]\n{listeners}\n"
+            f'[tls]\ncert = "{gateway_server[0]}"\nkey = "{gateway_server[1]}"\nclient_ca = "{self.kms_ca}"\n\n'
+            f'[internal]\nca = "{self.internal_ca}"\ncert = "{self.gateway_client[0]}"\nkey = "{self.gateway_client[1]}"\n\n'
+            f'[audit]\npath = "{self.audit_path}"\n'
+        )
+        first_zone = next(iter(self.listeners))
+        self._add("gateway", "gateway", gateway, self.listeners[first_zone], self.kms_ca,
+                  *self._health_client(kms))
+        devsetup.hsm_init(self.daemons["shared-1"].config, self.env)
+        devsetup.hsm_init(self.daemons["dedicated"].config, self.env)
+        return self
+
+    def _health_client(self, kms: CertificateAuthority) -> tuple[Path, Path]:
+        # The gateway asks for a client certificate even on health checks; any KMS-CA one will do.
+        return self._credential(kms, "health-probe", server=False, client=True)
+
+    def _tls_section(self, *, internal_cert: tuple[Path, Path]) -> str:
+        return (
+            f'[tls]\ncert = "{internal_cert[0]}"\nkey = "{internal_cert[1]}"\nclient_ca = "{self.internal_ca}"\n'
+            f'gateway_cn = "{GATEWAY_CN}"\n'
+        )
+
+    def _add(self, name: str, command: str, config: Path, port: int, ca: Path, cert: Path, key: Path) -> None:
+        self.daemons[name] = Daemon(name, command, config, port, ca, cert, key)
+
+    # -- processes --------------------------------------------------------------------------------
+
+    def start(self, *names: str, timeout: float = 90.0) -> None:
+        """Start the named daemons (all, in dependency order, by default) and wait for health."""
+        for name in names or list(self.daemons):
+            daemon = self.daemons[name]
+            daemon.process = devsetup.NodeProcess(
+                daemon.config, self.env, self.logs / f"{name}.log", daemon.port,
+                command=daemon.command, health_credentials=daemon.health_credentials(),
+            ).start(timeout)
+
+    def stop(self, *names: str) -> dict[str, int]:
+        """SIGTERM the named daemons (all by default, gateway first); returns their exit statuses."""
+        statuses = {}
+        for name in names or reversed(list(self.daemons)):
+            daemon = self.daemons[name]
+            if daemon.process is not None and daemon.process.proc is not None and daemon.process.proc.poll() is None:
+                statuses[name] = daemon.process.terminate()
+        return statuses
+
+    def kill_all(self) -> None:
+        """SIGKILL whatever is still running (test clean-up)."""
+        for daemon in self.daemons.values():
+            if daemon.process is not None:
+                daemon.process.kill()
+
+    @property
+    def gateway_target(self) -> str:
+        return f"127.0.0.1:{self.listeners[next(iter(self.listeners))]}"
+
+    def zone_target(self, zone: str) -> str:
+        return f"127.0.0.1:{self.listeners[zone]}"
+
+    def admin_credentials(self) -> dict[str, Path]:
+        """The bootstrap admin credential the shared KMS wrote at first start."""
+        return {
+            "ca": self.bootstrap_dir / "ca.crt",
+            "cert": self.bootstrap_dir / "bootstrap-admin.crt",
+            "key": self.bootstrap_dir / "bootstrap-admin.key",
+        }

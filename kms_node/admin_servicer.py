@@ -1,0 +1,186 @@
+"""`keyrelay.v1.AdminService` on the shared node: protobuf in, `AdminService` call, protobuf out.
+
+The node serves it on its internal port to the gateway only. The gateway names the caller's
+tenant in the metadata `keyrelay-tenant` and, for the operator tenant, adds
+`keyrelay-admin-scope: all`; a call without a tenant is refused.
+"""
+
+from __future__ import annotations
+
+from typing import Generic, TypeVar
+
+import grpc
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from foundation.access_policy import ADMIN, CRYPTO_USER, MESSAGING_USER
+from foundation.errors import NodeNotReadyError, PermissionDeniedError
+from keyrelay.v1 import admin_pb2, admin_pb2_grpc
+from kms_node.admin import AdminScope, AdminService, check_tenant
+from kms_node.store.admin_base import AccessPoint, Credential, Instance
+
+TENANT_METADATA_KEY = "keyrelay-tenant"
+ADMIN_SCOPE_METADATA_KEY = "keyrelay-admin-scope"
+ROLE_TO_PB = {
+    ADMIN: admin_pb2.ACCESS_POINT_ROLE_ADMIN,
+    CRYPTO_USER: admin_pb2.ACCESS_POINT_ROLE_CRYPTO_USER,
+    MESSAGING_USER: admin_pb2.ACCESS_POINT_ROLE_MESSAGING_USER,
+}
+ROLE_FROM_PB = {value: role for role, value in ROLE_TO_PB.items()}
+
+S = TypeVar("S")
+
+
+def timestamp(seconds: float) -> Timestamp:
+    """A protobuf Timestamp of Unix seconds."""
+    ts = Timestamp()
+    ts.FromNanoseconds(int(seconds * 1e9))
+    return ts
+
+
+def instance_pb(instance: Instance) -> admin_pb2.Instance:
+    """The protobuf form of an instance."""
+    return admin_pb2.Instance(
+        instance_id=instance.instance_id,
+        tenant_id=instance.tenant_id,
+        node_endpoints=list(instance.node_endpoints),
+        private_endpoint=instance.private_endpoint,
+        policy=admin_pb2.InstancePolicy(
+            management_zones=list(instance.management_zones), allow_public_crypto=instance.allow_public_crypto
+        ),
+        create_time=timestamp(instance.create_time),
+    )
+
+
+def access_point_pb(access_point: AccessPoint) -> admin_pb2.AccessPoint:
+    """The protobuf form of an access point."""
+    return admin_pb2.AccessPoint(
+        access_point_id=access_point.access_point_id,
+        tenant_id=access_point.tenant_id,
+        name=access_point.name,
+        role=ROLE_TO_PB.get(access_point.role, admin_pb2.ACCESS_POINT_ROLE_UNSPECIFIED),
+        key_patterns=list(access_point.key_patterns),
+        allowed_zones=list(access_point.allowed_zones),
+        allowed_cidrs=list(access_point.allowed_cidrs),
+        create_time=timestamp(access_point.create_time),
+    )
+
+
+def credential_pb(credential: Credential) -> admin_pb2.Credential:
+    """The protobuf form of a credential record."""
+    message = admin_pb2.Credential(
+        serial=credential.serial,
+        access_point_id=credential.access_point_id,
+        not_before=timestamp(credential.not_before),
+        not_after=timestamp(credential.not_after),
+        revoked=credential.revoked,
+        fingerprint_sha256=credential.fingerprint_sha256,
+    )
+    if credential.revoke_time is not None:
+        message.revoke_time.CopyFrom(timestamp(credential.revoke_time))
+    return message
+
+
+def admin_scope(context: grpc.aio.ServicerContext) -> AdminScope:
+    """The caller's scope from the gateway's metadata; PermissionDeniedError without a tenant."""
+    tenant, scope = "", ""
+    for key, value in context.invocation_metadata() or ():
+        if key == TENANT_METADATA_KEY:
+            tenant = value
+        elif key == ADMIN_SCOPE_METADATA_KEY:
+            scope = value
+    if not tenant:
+        raise PermissionDeniedError(
+            "administration reaches the shared KMS only through the gateway, which names the caller's tenant "
+            f"({TENANT_METADATA_KEY}); send the request to the gateway"
+        )
+    check_tenant(tenant)
+    return AdminScope(tenant, all_tenants=scope == "all")
+
+
+class Attachable(Generic[S]):
+    """A servicer whose domain service is attached once the node is ready; until then every call
+    fails with UNAVAILABLE NODE_NOT_READY."""
+
+    def __init__(self, service: S | None = None) -> None:
+        self._service = service
+
+    def attach(self, service: S) -> None:
+        """Start answering calls with `service`."""
+        self._service = service
+
+    @property
+    def service(self) -> S:
+        if self._service is None:
+            raise NodeNotReadyError("the node is starting and cannot answer yet; retry shortly")
+        return self._service
+
+
+class AdminServicer(Attachable[AdminService], admin_pb2_grpc.AdminServiceServicer):
+    """Adapts gRPC calls to the node's `AdminService`."""
+
+    async def RegisterInstance(self, request, context):
+        instance = await self.service.register_instance(
+            admin_scope(context),
+            request.instance_id,
+            request.tenant_id,
+            list(request.node_endpoints),
+            request.private_endpoint,
+            management_zones=list(request.policy.management_zones),
+            allow_public_crypto=request.policy.allow_public_crypto,
+        )
+        return admin_pb2.RegisterInstanceResponse(instance=instance_pb(instance))
+
+    async def DescribeInstance(self, request, context):
+        instance = await self.service.describe_instance(admin_scope(context), request.instance_id)
+        return admin_pb2.DescribeInstanceResponse(instance=instance_pb(instance))
+
+    async def ListInstances(self, request, context):
+        instances, token = await self.service.list_instances(admin_scope(context), request.page_size, request.page_token)
+        return admin_pb2.ListInstancesResponse(instances=[instance_pb(i) for i in instances], next_page_token=token)
+
+    async def CreateAccessPoint(self, request, context):
+        access_point = await self.service.create_access_point(
+            admin_scope(context),
+            request.tenant_id,
+            request.name,
+            ROLE_FROM_PB.get(request.role, ""),
+            list(request.key_patterns),
+            list(request.allowed_zones),
+            list(request.allowed_cidrs),
+        )
+        return admin_pb2.CreateAccessPointResponse(access_point=access_point_pb(access_point))
+
+    async def DescribeAccessPoint(self, request, context):
+        access_point = await self.service.describe_access_point(admin_scope(context), request.access_point_id)
+        return admin_pb2.DescribeAccessPointResponse(access_point=access_point_pb(access_point))
+
+    async def ListAccessPoints(self, request, context):
+        points, token = await self.service.list_access_points(
+            admin_scope(context), request.tenant_id, request.page_size, request.page_token
+        )
+        return admin_pb2.ListAccessPointsResponse(
+            access_points=[access_point_pb(p) for p in points], next_page_token=token
+        )
+
+    async def DeleteAccessPoint(self, request, context):
+        await self.service.delete_access_point(admin_scope(context), request.access_point_id)
+        return admin_pb2.DeleteAccessPointResponse()
+
+    async def IssueCredential(self, request, context):
+        credential, cert_pem, ca_pem = await self.service.issue_credential(
+            admin_scope(context),
+            request.access_point_id,
+            request.certificate_signing_request_pem.encode(),
+            request.validity_days,
+        )
+        return admin_pb2.IssueCredentialResponse(
+            credential=credential_pb(credential), certificate_pem=cert_pem.decode(), ca_certificate_pem=ca_pem.decode()
+        )
+
+    async def ListCredentials(self, request, context):
+        credentials = await self.service.list_credentials(admin_scope(context), request.access_point_id)
+        return admin_pb2.ListCredentialsResponse(credentials=[credential_pb(c) for c in credentials])
+
+    async def RevokeCredential(self, request, context):
+        credential = await self.service.revoke_credential(admin_scope(context), request.serial)
+        return admin_pb2.RevokeCredentialResponse(credential=credential_pb(credential))

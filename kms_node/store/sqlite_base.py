@@ -1,0 +1,101 @@
+"""What every SQLite store of the node shares: one connection per thread, WAL mode, write
+transactions, and a schema migrated at start-up from a tuple of scripts.
+
+Several stores may share one file, each with its own schema-version table and migrations (the
+shared node keeps its keys and its control plane in one file).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from pathlib import Path
+from typing import Callable, Sequence, TypeVar
+
+T = TypeVar("T")
+
+
+class SqliteDatabase:
+    """One SQLite file as used by a store: `conn()` for reads, `write(fn)` for transactions.
+
+    `migrations[i]` migrates the schema from version i to i + 1 (append, never edit);
+    `version_table` records the version this store's schema is at.
+    """
+
+    def __init__(self, path: str, migrations: Sequence[str], version_table: str, *, what: str = "store") -> None:
+        if not path or path == ":memory:" or path.startswith("file:"):
+            # Every worker thread opens its own connection, which must all reach one database.
+            raise ValueError(f"the {what} needs a file path (got {path!r})")
+        if not version_table.isidentifier():
+            raise ValueError(f"version_table {version_table!r} is not an SQL identifier")
+        self.path = path
+        self._migrations = tuple(migrations)
+        self._version_table = version_table
+        self._what = what
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        self._local = threading.local()
+        self._all: list[sqlite3.Connection] = []
+        self._lock = threading.Lock()
+        self._closed = False
+        self._migrate()
+
+    def conn(self) -> sqlite3.Connection:
+        """This thread's connection (opened on first use). Fails once the database is closed."""
+        if self._closed:
+            raise sqlite3.ProgrammingError(f"the {self._what} {self.path} is closed")
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=FULL")
+            conn.execute("PRAGMA foreign_keys=ON")
+            self._local.conn = conn
+            with self._lock:
+                self._all.append(conn)
+        return conn
+
+    def write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run `fn(conn)` in one BEGIN IMMEDIATE transaction: committed if it returns, rolled back
+        if it raises."""
+        conn = self.conn()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            result = fn(conn)
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+        return result
+
+    def _migrate(self) -> None:
+        table = self._version_table
+        latest = len(self._migrations)
+
+        def migrate(conn: sqlite3.Connection) -> None:
+            conn.execute(f"CREATE TABLE IF NOT EXISTS {table} (version INTEGER NOT NULL)")
+            row = conn.execute(f"SELECT version FROM {table}").fetchone()
+            current = row[0] if row else 0
+            if current > latest:
+                raise RuntimeError(
+                    f"{self._what} {self.path} has schema version {current}, newer than this keyrelay "
+                    f"({latest}); upgrade keyrelay"
+                )
+            for script in self._migrations[current:]:
+                for statement in filter(str.strip, script.split(";")):
+                    conn.execute(statement)
+            conn.execute(f"DELETE FROM {table}")
+            conn.execute(f"INSERT INTO {table} (version) VALUES (?)", (latest,))
+
+        self.write(migrate)
+
+    def schema_version(self) -> int:
+        """The schema version of this store in the file."""
+        return self.conn().execute(f"SELECT version FROM {self._version_table}").fetchone()[0]
+
+    def close(self) -> None:
+        """Close every thread's connection; later calls fail instead of reopening the file."""
+        with self._lock:
+            self._closed = True
+            for conn in self._all:
+                conn.close()
+            self._all.clear()
