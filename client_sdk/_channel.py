@@ -35,12 +35,20 @@ def status_code(number: int) -> grpc.StatusCode:
     return grpc.StatusCode.UNKNOWN
 
 
+_HANDSHAKE_MARKERS = ("handshake", "ssl", "certificate")
+
+
 def error_from_rpc(exc: grpc.RpcError) -> KeyrelayError:
     """The keyrelay exception a failed call stands for."""
     trailers = dict(exc.trailing_metadata() or ())
-    return from_status(
-        exc.code(), exc.details() or exc.code().name, trailers.get(REASON_METADATA_KEY), trailers.get(REQUEST_ID_METADATA_KEY)
-    )
+    details = exc.details() or exc.code().name
+    if exc.code() == grpc.StatusCode.UNAVAILABLE and any(m in details.lower() for m in _HANDSHAKE_MARKERS):
+        # The server never saw the call: TLS refused the connection. Say what usually causes it.
+        details = (
+            f"{details} -- the TLS handshake failed: check that the client certificate is unexpired and "
+            "issued by this KMS's CA, and that the endpoint's certificate names the host you dialled"
+        )
+    return from_status(exc.code(), details, trailers.get(REASON_METADATA_KEY), trailers.get(REQUEST_ID_METADATA_KEY))
 
 
 def iterate_pages(list_page: Callable[..., Any], items: str, **kwargs: Any) -> Iterator[Any]:

@@ -22,17 +22,14 @@ from typing import Iterator, Sequence
 from client_sdk._channel import ServiceClient, iterate_pages, optional_datetime, to_datetime
 from client_sdk.credentials import write_profile
 from client_sdk.types import AccessPoint, AccessPointPage, Credential, Instance, InstancePage, IssuedCredential
+from foundation import access_policy
+from foundation.access_policy import role_enum_name
 from foundation.errors import InvalidArgumentError
 from foundation.pki import make_key_and_csr, write_credential
 from keyrelay.v1 import admin_pb2, admin_pb2_grpc
 
-_ROLE_PREFIX = "ACCESS_POINT_ROLE_"
 #: Role names as the SDK spells them ("admin", "crypto-user", "messaging-user") -> enum value.
-ROLES = {
-    name.removeprefix(_ROLE_PREFIX).lower().replace("_", "-"): value
-    for name, value in admin_pb2.AccessPointRole.items()
-    if value != admin_pb2.ACCESS_POINT_ROLE_UNSPECIFIED
-}
+ROLES = {role: admin_pb2.AccessPointRole.Value(role_enum_name(role)) for role in access_policy.ROLES}
 _ROLE_NAMES = {value: name for name, value in ROLES.items()}
 
 

@@ -48,6 +48,18 @@ METHOD_ROLES: dict[str, frozenset[str]] = {
     "OpenPublicKey": frozenset({MESSAGING_USER}),
 }
 _ZONE = re.compile(r"^[a-z0-9][a-z0-9-]{0,31}$")
+_ROLE_ENUM_PREFIX = "ACCESS_POINT_ROLE_"
+
+
+def role_from_enum_name(name: str) -> str:
+    """`ACCESS_POINT_ROLE_CRYPTO_USER` (the protobuf enum name) -> `crypto-user`; '' when unset or unknown."""
+    role = name.removeprefix(_ROLE_ENUM_PREFIX).lower().replace("_", "-")
+    return role if role in ROLES else ""
+
+
+def role_enum_name(role: str) -> str:
+    """`crypto-user` -> `ACCESS_POINT_ROLE_CRYPTO_USER`, the protobuf enum name of a role."""
+    return _ROLE_ENUM_PREFIX + role.upper().replace("-", "_")
 
 
 @dataclass(frozen=True, slots=True)

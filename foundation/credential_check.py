@@ -16,17 +16,12 @@ from typing import Callable, Sequence
 
 from cryptography import x509
 
-from foundation.access_policy import Principal
+from foundation.access_policy import Principal, role_from_enum_name
 from foundation.errors import CredentialExpiredError, UnauthenticatedError
 from foundation.pki import fingerprint_sha256, serial_hex
 from foundation.upstream import ReplicaSet
 from keyrelay.v1 import admin_pb2, registry_pb2
 
-_ROLE_NAMES = {
-    admin_pb2.ACCESS_POINT_ROLE_ADMIN: "admin",
-    admin_pb2.ACCESS_POINT_ROLE_CRYPTO_USER: "crypto-user",
-    admin_pb2.ACCESS_POINT_ROLE_MESSAGING_USER: "messaging-user",
-}
 _AUTHENTICATE = "/keyrelay.v1.AccessRegistryService/AuthenticateCredential"
 _MAX_ENTRIES = 50_000
 
@@ -37,7 +32,7 @@ def principal_from(access_point: admin_pb2.AccessPoint, serial: str) -> Principa
         tenant_id=access_point.tenant_id,
         access_point_id=access_point.access_point_id,
         name=access_point.name,
-        role=_ROLE_NAMES.get(access_point.role, "none"),
+        role=role_from_enum_name(admin_pb2.AccessPointRole.Name(access_point.role)) or "none",
         key_patterns=tuple(access_point.key_patterns),
         allowed_zones=tuple(access_point.allowed_zones),
         allowed_cidrs=tuple(access_point.allowed_cidrs),

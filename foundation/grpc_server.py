@@ -27,7 +27,7 @@ from grpc_reflection.v1alpha import reflection
 
 from foundation.errors import REASON_METADATA_KEY, REQUEST_ID_METADATA_KEY, KeyrelayError
 from foundation.logsetup import request_id_var
-from foundation.metrics import Metrics, route_var
+from foundation.metrics import Metrics, operation_var, route_var
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +77,11 @@ class _Call:
 
     async def __aenter__(self) -> None:
         self._request_id = _request_id(self._context)
-        self._tokens = (request_id_var.set(self._request_id), route_var.set("local"))
+        self._tokens = (
+            request_id_var.set(self._request_id),
+            route_var.set("local"),
+            operation_var.set(self._method.rpartition("/")[2]),
+        )
         self._started = time.perf_counter()
 
     def _final_code(self, exc: BaseException | None) -> str:
@@ -102,6 +106,7 @@ class _Call:
             if self._metrics is not None:
                 operation = self._method.rpartition("/")[2]
                 self._metrics.observe_request(operation, route_var.get(), code, time.perf_counter() - self._started)
+            operation_var.reset(self._tokens[2])
             route_var.reset(self._tokens[1])
             request_id_var.reset(self._tokens[0])
 

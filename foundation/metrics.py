@@ -26,6 +26,8 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 
 #: Where the call being served was routed; set by handlers, reset to "local" for every call.
 route_var: contextvars.ContextVar[str] = contextvars.ContextVar("route", default="local")
+#: The RPC being served (e.g. "Decrypt"), set by the server interceptor; labels HSM timings.
+operation_var: contextvars.ContextVar[str] = contextvars.ContextVar("operation", default="other")
 
 #: The text exposition format `render` produces.
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"

@@ -122,27 +122,29 @@ class DevCluster:
 
         if not self.listeners:
             self.listeners = {"public": devsetup.free_port(), "vpc": devsetup.free_port()}
-        listeners = "".join(f'{zone} = "127.0.0.1:{port}"\n' for zone, port in self.listeners.items())
-        shared = ", ".join(f'"{e}"' for e in self.shared_endpoints)
-        gateway = self.root / "gateway.toml"
-        gateway.write_text(
-            f"shared_nodes = [{shared}]\nshutdown_grace_seconds = 5\nhealth_check_seconds = 0.5\n"
-            f'credential_cache_seconds = 1\nmetrics_listen = "127.0.0.1:{devsetup.free_port()}"\n{self.gateway_extra}\n'
-            f"[listeners]\n{listeners}\n"
-            f'[tls]\ncert = "{gateway_server[0]}"\nkey = "{gateway_server[1]}"\nclient_ca = "{self.kms_ca}"\n\n'
-            f'[internal]\nca = "{self.internal_ca}"\ncert = "{self.gateway_client[0]}"\nkey = "{self.gateway_client[1]}"\n\n'
-            f'[audit]\npath = "{self.audit_path}"\n'
-        )
-        first_zone = next(iter(self.listeners))
-        self._add("gateway", "gateway", gateway, self.listeners[first_zone], self.kms_ca,
-                  *self._health_client(kms))
+        self._health_probe = self._credential(kms, "health-probe", server=False, client=True)
+        self._gateway_server = gateway_server
+        self.add_gateway("gateway", self.listeners, self.audit_path, self.gateway_extra)
         devsetup.hsm_init(self.daemons["shared-1"].config, self.env)
         devsetup.hsm_init(self.daemons["dedicated"].config, self.env)
         return self
 
-    def _health_client(self, kms: CertificateAuthority) -> tuple[Path, Path]:
+    def add_gateway(self, name: str, listeners: dict[str, int], audit_path: Path, extra: str = "") -> Daemon:
+        """Write the config of a gateway (another one may run beside the first, e.g. with other limits)."""
+        listen = "".join(f'{zone} = "127.0.0.1:{port}"\n' for zone, port in listeners.items())
+        shared = ", ".join(f'"{e}"' for e in self.shared_endpoints)
+        config = self.root / f"{name}.toml"
+        config.write_text(
+            f"shared_nodes = [{shared}]\nshutdown_grace_seconds = 5\nhealth_check_seconds = 0.5\n"
+            f'credential_cache_seconds = 1\nmetrics_listen = "127.0.0.1:{devsetup.free_port()}"\n{extra}\n'
+            f"[listeners]\n{listen}\n"
+            f'[tls]\ncert = "{self._gateway_server[0]}"\nkey = "{self._gateway_server[1]}"\nclient_ca = "{self.kms_ca}"\n\n'
+            f'[internal]\nca = "{self.internal_ca}"\ncert = "{self.gateway_client[0]}"\nkey = "{self.gateway_client[1]}"\n\n'
+            f'[audit]\npath = "{audit_path}"\n'
+        )
         # The gateway asks for a client certificate even on health checks; any KMS-CA one will do.
-        return self._credential(kms, "health-probe", server=False, client=True)
+        self._add(name, "gateway", config, next(iter(listeners.values())), self.kms_ca, *self._health_probe)
+        return self.daemons[name]
 
     def _tls_section(self, *, internal_cert: tuple[Path, Path]) -> str:
         return (

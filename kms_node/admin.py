@@ -56,6 +56,8 @@ DEFAULT_VALIDITY_DAYS, MAX_VALIDITY_DAYS = 90, 365
 BOOTSTRAP_NAME = "bootstrap-admin"
 BOOTSTRAP_VALIDITY_DAYS = 365
 MAX_NAME = 128
+#: Credentials start this much before they are issued, so peers whose clocks run behind accept them.
+CLOCK_SKEW_SECONDS = 300
 MAX_LIST_ITEMS = 100
 _INSTANCE_ID = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 _TENANT = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
@@ -355,7 +357,7 @@ class AdminService:
                 common_name=f"ap:{access_point.access_point_id}",
                 organization=access_point.tenant_id,
                 validity_days=days,
-                not_before=datetime.fromtimestamp(now, timezone.utc),
+                not_before=datetime.fromtimestamp(now - CLOCK_SKEW_SECONDS, timezone.utc),
             )
         )
         credential = Credential(

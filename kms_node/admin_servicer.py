@@ -12,7 +12,7 @@ from typing import Generic, TypeVar
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from foundation.access_policy import ADMIN, CRYPTO_USER, MESSAGING_USER
+from foundation.access_policy import ROLES, role_enum_name
 from foundation.errors import NodeNotReadyError, PermissionDeniedError
 from keyrelay.v1 import admin_pb2, admin_pb2_grpc
 from kms_node.admin import AdminScope, AdminService, check_tenant
@@ -20,11 +20,7 @@ from kms_node.store.admin_base import AccessPoint, Credential, Instance
 
 TENANT_METADATA_KEY = "keyrelay-tenant"
 ADMIN_SCOPE_METADATA_KEY = "keyrelay-admin-scope"
-ROLE_TO_PB = {
-    ADMIN: admin_pb2.ACCESS_POINT_ROLE_ADMIN,
-    CRYPTO_USER: admin_pb2.ACCESS_POINT_ROLE_CRYPTO_USER,
-    MESSAGING_USER: admin_pb2.ACCESS_POINT_ROLE_MESSAGING_USER,
-}
+ROLE_TO_PB = {role: admin_pb2.AccessPointRole.Value(role_enum_name(role)) for role in ROLES}
 ROLE_FROM_PB = {value: role for role, value in ROLE_TO_PB.items()}
 
 S = TypeVar("S")

@@ -100,6 +100,8 @@ class NodeServer:
         self.private_port: int | None = None
         self.metrics_port: int | None = None
         self._sweeper: asyncio.Task | None = None
+        self._registry: KeyRegistry | None = None
+        self._admin: AdminService | None = None
 
     async def start(self) -> int:
         """Bind, log in to the HSM, and serve; returns the bound port.
@@ -140,6 +142,7 @@ class NodeServer:
                 retry_seconds=hsm.slot_retry_seconds,
                 checkout_timeout=hsm.checkout_timeout_seconds,
             )
+            self.pool.observer = self.metrics.observe_hsm
             await self.pool.start()
             if self.config.metrics_listen:
                 self.metrics_port = await self.metrics.start_http(self.config.metrics_listen)
@@ -168,14 +171,13 @@ class NodeServer:
         ca_config = self.config.ca
         ca = CertificateAuthority.load(ca_config.cert, ca_config.key) if ca_config.cert else None
         self.admin_store = await loop.run_in_executor(None, SqliteAdminStore, self.config.store.path)
-        admin = AdminService(self.admin_store, ca, operator_tenant=ca_config.operator_tenant)
+        self._admin = AdminService(self.admin_store, ca, operator_tenant=ca_config.operator_tenant)
         if ca_config.bootstrap_dir:
-            written = await admin.bootstrap_admin(ca_config.bootstrap_dir)
-            if written:
-                log.info("wrote the bootstrap admin credential to %s", written)
-        self._registry_servicer.attach(KeyRegistry(self.store, self.admin_store))
-        self._access_servicer.attach(admin)
-        self._admin_servicer.attach(admin)
+            await self._admin.bootstrap_admin(ca_config.bootstrap_dir)
+        self._registry = KeyRegistry(self.store, self.admin_store)
+        self._registry_servicer.attach(self._registry)
+        self._access_servicer.attach(self._admin)
+        self._admin_servicer.attach(self._admin)
 
     def _attach_private_endpoint(self) -> None:
         private, tls = self.config.private_endpoint, self.config.tls
@@ -215,6 +217,9 @@ class NodeServer:
             self.service.close()
         if self.pool is not None:
             await self.pool.close()
+        for worker in (self._registry, self._admin):
+            if worker is not None:
+                worker.close()
         if self.admin_store is not None:
             self.admin_store.close()
         if self.store is not None:

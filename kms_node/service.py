@@ -243,7 +243,12 @@ def _authentication_error(parsed: blobs.CiphertextBlob) -> CiphertextAuthenticat
 
 
 class KeyService:
-    """Key lifecycle and cryptography over a key store and an HSM pool."""
+    """Key lifecycle and cryptography over a key store and an HSM pool.
+
+    On a shared node the store also holds the registry records of dedicated keys (rows with an
+    `instance_id`): DescribeKey and ListKeys show them, every other operation refuses them
+    (KEY_STATE_CONFLICT, naming the instance), and the deletion sweep leaves them alone.
+    """
 
     def __init__(
         self,

@@ -34,6 +34,7 @@ from pkcs11.mechanisms import GCMParams
 
 from foundation.config import Secret
 from foundation.errors import HsmUnavailableError, InternalError
+from foundation.metrics import operation_var
 from kms_node.blob import encode_wrapped_key, parse_wrapped_key
 from kms_node.hsm.backend import HsmAuthenticationFailed, KeyVersionRef, SlotStatus
 from kms_node.hsm.cryptoki import load_library
@@ -213,6 +214,8 @@ class Pkcs11Pool:
         workers = threads or len(self._slots) * sessions_per_slot
         self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="hsm")
         self._stop = threading.Event()
+        #: Called on the worker thread with (operation, seconds) after each HSM job, e.g. for metrics.
+        self.observer: Callable[[str, float], None] | None = None
         self._retry_thread: threading.Thread | None = None
         self._lib = None
 
@@ -377,12 +380,15 @@ class Pkcs11Pool:
         if lease.generation == lease.slot.generation and lease.slot.up:
             self._free.put(lease)
 
-    def _run_blocking(self, fn: Callable[[_LeaseSession], T]) -> T:
+    def _run_blocking(self, fn: Callable[[_LeaseSession], T], operation: str = "other") -> T:
         attempts = len(self._slots) + 1
         for _ in range(attempts):
             lease = self._checkout()
             try:
+                started = time.perf_counter()
                 result = fn(_LeaseSession(self, lease))
+                if self.observer is not None:
+                    self.observer(operation, time.perf_counter() - started)
             except SLOT_FAILURES as exc:
                 self._slot_failed(lease.slot, lease.generation, exc)
                 continue
@@ -402,7 +408,7 @@ class Pkcs11Pool:
         if self._stop.is_set():
             raise HsmUnavailableError("the HSM pool is shutting down")
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, self._run_blocking, fn)
+        return await loop.run_in_executor(self._executor, self._run_blocking, fn, operation_var.get())
 
     # -- test and operator hooks --------------------------------------------------------------
 

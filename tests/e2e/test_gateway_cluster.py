@@ -22,13 +22,16 @@ import pytest
 from client_sdk import AdminClient, KmsClient
 from client_sdk.credentials import CredentialBundle
 from foundation.errors import (
+    AliasNotFoundError,
     CredentialLimitReachedError,
     KeyNotFoundError,
     KeyrelayError,
     NetworkNotAllowedError,
     PermissionDeniedError,
     PrivateEndpointRequiredError,
+    ResourceExhaustedError,
     UnauthenticatedError,
+    UnavailableError,
 )
 from foundation.pki import CertificateAuthority, certificate_pem, make_key_and_csr
 from kms_gateway.devcluster import DevCluster
@@ -260,6 +263,53 @@ def test_audit_log_verifies_and_catches_tampering(cluster, acme, keys, tmp_path)
         done = subprocess.run([*command, str(copy)], capture_output=True, text=True, timeout=60)
         assert done.returncode != 0, name
         assert "line 5" in done.stderr, (name, done.stderr)
+
+
+def test_a_failed_dedicated_create_leaves_no_key_and_a_retry_succeeds(cluster, acme, keys):
+    """CreateKey on an instance that is down: no usable or listed half-made key, alias free again."""
+    cluster.stop("dedicated")
+    try:
+        with acme.kms() as kms:
+            with pytest.raises(UnavailableError):
+                kms.create_key(alias="alias/retry-me", instance_id=INSTANCE, timeout=5)
+            with pytest.raises(AliasNotFoundError):
+                kms.describe_key("alias/retry-me")
+            assert "alias/retry-me" not in {a for k in kms.list_keys().keys for a in k.aliases}
+    finally:
+        cluster.start("dedicated")
+    with acme.kms() as kms:
+        created = kms.create_key(alias="alias/retry-me", instance_id=INSTANCE)
+        assert created.state == "ENABLED" and kms.describe_key("alias/retry-me").key_id == created.key_id
+    with acme.kms("crypto-user", target=cluster.private_endpoint) as private:
+        assert private.decrypt(private.encrypt("alias/retry-me", b"made").ciphertext_blob).plaintext == b"made"
+
+
+def test_a_tenant_over_its_rate_limit_is_told_to_slow_down(cluster, acme, keys):
+    limited = {"public": devsetup.free_port()}
+    cluster.add_gateway(
+        "gateway-limited", limited, cluster.root / "audit-limited.log",
+        "[rate_limit]\nrequests_per_second = 1\nburst = 3\n",
+    )
+    cluster.start("gateway-limited")
+    try:
+        with acme.kms("crypto-user", target=f"127.0.0.1:{limited['public']}") as kms:
+            outcomes = []
+            for _ in range(8):
+                try:
+                    kms.encrypt(keys[0].key_id, b"x")
+                    outcomes.append("ok")
+                except ResourceExhaustedError as exc:
+                    assert "rate limit" in exc.message and "retry in" in exc.message
+                    outcomes.append("limited")
+        assert outcomes.count("ok") >= 3 and "limited" in outcomes
+    finally:
+        cluster.stop("gateway-limited")
+
+
+def test_nodes_report_hsm_timings(cluster, keys):
+    port = _metrics_port(cluster.daemons["dedicated"].config)
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    assert 'keyrelay_hsm_operation_seconds_count{operation="CreateKey"}' in text
 
 
 def test_killing_a_shared_replica_loses_no_call(cluster, acme, keys):

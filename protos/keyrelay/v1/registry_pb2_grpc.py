@@ -103,8 +103,10 @@ class KeyRegistryServiceServicer:
     def ReserveKey(self, request, context):
         """Reserves a new key id (state CREATING) and its alias, before the gateway
         creates the key on a dedicated node. Idempotent on request_id.
-        Errors: ALREADY_EXISTS ALIAS_EXISTS; INVALID_ARGUMENT INVALID_ARGUMENT
-        (empty tenant or request id, malformed alias).
+        Errors: ALREADY_EXISTS ALIAS_EXISTS; NOT_FOUND INSTANCE_NOT_FOUND (no such
+        instance, or another tenant's); INVALID_ARGUMENT INVALID_ARGUMENT (empty
+        tenant, instance or request id, malformed alias, or a request id already
+        used by another tenant).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -363,8 +365,8 @@ class AccessRegistryServiceServicer:
         point, if the presented certificate is the one issued (same SHA-256
         fingerprint) and still valid.
         Errors: UNAUTHENTICATED UNAUTHENTICATED (unknown serial or fingerprint
-        mismatch, or the access point was deleted); UNAUTHENTICATED
-        CREDENTIAL_REVOKED; UNAUTHENTICATED CREDENTIAL_EXPIRED.
+        mismatch); UNAUTHENTICATED CREDENTIAL_REVOKED (revoked, or its access
+        point was deleted); UNAUTHENTICATED CREDENTIAL_EXPIRED.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
