@@ -15,101 +15,39 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import importlib.metadata
 import os
-import platform
 import select
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
 
+from _common import (
+    CALL_TIMEOUT, CELL_HEADINGS, CONTEXT, PAYLOAD, WARMUP_SECONDS, crypto_calls, drive, header, parse_flags,
+)
 from keyrelay.v1 import kms_pb2, kms_pb2_grpc
 from kms_node import devsetup
 
 METADATA = (("keyrelay-tenant", "bench"),)
-WARMUP_SECONDS = 0.5
-CALL_TIMEOUT = 10.0  # per RPC; with the cell deadline it bounds every load loop
-PAYLOAD = bytes(range(32))
 ECHO_METHOD = "/bench.Echo/Echo"
 TOKENS = ["bench-a", "bench-b"]
 
 
-@dataclass
-class Cell:
-    """The result of one load run: completed calls, failures and their latencies."""
-
-    ops: int
-    errors: int
-    seconds: float
-    latencies: list[float]
-
-    @property
-    def rate(self) -> float:
-        return self.ops / self.seconds if self.seconds else 0.0
-
-    def pct_ms(self, q: float) -> float:
-        """Nearest-rank percentile of the successful calls' latency, in milliseconds."""
-        if not self.latencies:
-            return float("nan")
-        ordered = sorted(self.latencies)
-        return 1000 * ordered[min(len(ordered) - 1, int(q / 100 * len(ordered)))]
-
-
 # -- load generator ------------------------------------------------------------------------------
-
-async def drive(call, concurrency: int, seconds: float) -> Cell:
-    """Run `concurrency` tasks calling `call()` back to back for `seconds` (after a warm-up)."""
-    latencies: list[float] = []
-    errors: list[str] = []
-
-    async def worker(end: float, record: bool) -> None:
-        while time.perf_counter() < end:
-            start = time.perf_counter()
-            try:
-                await call()
-            except grpc.RpcError as exc:
-                if record:
-                    errors.append(f"{exc.code().name}: {exc.details()}")
-                continue
-            if record:
-                latencies.append(time.perf_counter() - start)
-
-    async def phase(duration: float, record: bool) -> float:
-        began = time.perf_counter()
-        tasks = [worker(began + duration, record) for _ in range(concurrency)]
-        # Each task stops at the deadline; a call in flight then has CALL_TIMEOUT at most.
-        await asyncio.wait_for(asyncio.gather(*tasks), duration + CALL_TIMEOUT + 5)
-        return time.perf_counter() - began
-
-    # Warm-up first so connection set-up and the node's per-session key loading are not timed.
-    await phase(WARMUP_SECONDS, False)
-    elapsed = await phase(seconds, True)
-    if errors:
-        print(f"  warning: {len(errors)} failed calls, e.g. {errors[0]}", file=sys.stderr)
-    return Cell(len(latencies), len(errors), elapsed, latencies)
-
 
 async def bench_node_calls(target: str, concurrencies: list[int], seconds: float) -> dict:
     """Create a key, then measure Decrypt and GenerateDataKey at each concurrency: {(op, c): Cell}."""
     async with grpc.aio.insecure_channel(target) as channel:
         stub = kms_pb2_grpc.KeyManagementServiceStub(channel)
         key = await stub.CreateKey(kms_pb2.CreateKeyRequest(description="bench"), metadata=METADATA, timeout=30)
-        key_id, context = key.key_metadata.key_id, {"bench": "1"}
-        encrypt = kms_pb2.EncryptRequest(key_id=key_id, plaintext=PAYLOAD, encryption_context=context)
+        key_id = key.key_metadata.key_id
+        encrypt = kms_pb2.EncryptRequest(key_id=key_id, plaintext=PAYLOAD, encryption_context=CONTEXT)
         blob = (await stub.Encrypt(encrypt, metadata=METADATA, timeout=30)).ciphertext_blob
-        # Requests are built once: the client's work per call should be the RPC, not protobuf.
-        decrypt = kms_pb2.DecryptRequest(ciphertext_blob=blob, encryption_context=context, key_id=key_id)
-        gdk = kms_pb2.GenerateDataKeyRequest(key_id=key_id, number_of_bytes=32, encryption_context=context)
-        calls = {
-            "Decrypt": lambda: stub.Decrypt(decrypt, metadata=METADATA, timeout=CALL_TIMEOUT),
-            "GenerateDataKey": lambda: stub.GenerateDataKey(gdk, metadata=METADATA, timeout=CALL_TIMEOUT),
-        }
+        calls = crypto_calls(stub, key_id, blob, METADATA)
         return {(op, c): await drive(call, c, seconds) for c in concurrencies for op, call in calls.items()}
 
 
@@ -234,48 +172,32 @@ def node_failure(exc: Exception, log_path: Path) -> str:
     return f"bench_node: error: the node did not come up: {exc}" + (f" ({detail[-1]})" if detail else "")
 
 
-def header() -> str:
-    """One line naming the machine and the versions that matter for the numbers."""
-    cpuinfo = Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []
-    cpu = next((line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name")), "?")
-    return (f"machine: {platform.node()} ({cpu}), nproc={os.cpu_count()}, python {platform.python_version()}, "
-            f"grpcio {grpc.__version__}, python-pkcs11 {importlib.metadata.version('python-pkcs11')}")
-
-
 def report(node: dict, echo: dict, hsm: dict[int, float], concurrencies: list[int], seconds: float) -> None:
     """Print the results table and the ratios."""
     print(header())
     print(f"{seconds:g} s per cell after {WARMUP_SECONDS:g} s warm-up; ops/s = completed calls per second")
     print(f"raw HSM (python-pkcs11 AES-256-GCM encrypt, 32 B, one token): "
           f"1 thread {hsm[1]:,.0f} ops/s, 2 threads {hsm[2]:,.0f} ops/s\n")
-    cols = (f"{'conc':>4}  {'call':<15} {'ops/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'errors':>6}  "
+    cols = (f"{'conc':>4}  {'call':<15} {CELL_HEADINGS}  "
             f"{'÷echo':>6} {'÷HSM 1t':>8} {'÷HSM 2t':>8}")
     print(f"{cols}\n{'-' * len(cols)}")
     for c in concurrencies:
         e = echo[c]
-        print(f"{c:>4}  {'echo (bare)':<15} {e.rate:>9,.0f} {e.pct_ms(50):>8.2f} {e.pct_ms(99):>8.2f} {e.errors:>6}")
+        print(f"{c:>4}  {'echo (bare)':<15} {e.columns()}")
         for op in ("Decrypt", "GenerateDataKey"):
             n = node[op, c]
-            print(f"{c:>4}  {op:<15} {n.rate:>9,.0f} {n.pct_ms(50):>8.2f} {n.pct_ms(99):>8.2f} {n.errors:>6}  "
+            print(f"{c:>4}  {op:<15} {n.columns()}  "
                   f"{n.rate / e.rate if e.rate else 0:>6.3f} {n.rate / hsm[1]:>8.3f} {n.rate / hsm[2]:>8.3f}")
 
 
 def main() -> int:
     """Parse flags, run the three benchmarks in turn (never two at once), print the table."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--seconds", type=float, default=3.0, help="measured seconds per cell (default 3)")
-    parser.add_argument("--concurrency", default="1,8,32", help="comma-separated in-flight calls (default 1,8,32)")
     parser.add_argument("--echo-server", action="store_true", help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    args, concurrencies = parse_flags(parser)
     if args.echo_server:
         asyncio.run(serve_echo())
         return 0
-    try:
-        concurrencies = [int(c) for c in args.concurrency.split(",") if c.strip()]
-    except ValueError:
-        concurrencies = []
-    if not concurrencies or min(concurrencies) < 1 or args.seconds <= 0:
-        parser.error("--concurrency needs positive integers and --seconds a positive number")
 
     wall = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="keyrelay-bench-") as tmp:

@@ -35,7 +35,9 @@ def status_code(number: int) -> grpc.StatusCode:
     return grpc.StatusCode.UNKNOWN
 
 
-_HANDSHAKE_MARKERS = ("handshake", "ssl", "certificate")
+# What grpc reports when TLS refuses a connection; with TLS 1.3 a server that rejects the client
+# certificate simply closes the socket after the handshake.
+_HANDSHAKE_MARKERS = ("handshake", "ssl", "certificate", "socket closed")
 
 
 def error_from_rpc(exc: grpc.RpcError) -> KeyrelayError:
@@ -45,8 +47,9 @@ def error_from_rpc(exc: grpc.RpcError) -> KeyrelayError:
     if exc.code() == grpc.StatusCode.UNAVAILABLE and any(m in details.lower() for m in _HANDSHAKE_MARKERS):
         # The server never saw the call: TLS refused the connection. Say what usually causes it.
         details = (
-            f"{details} -- the TLS handshake failed: check that the client certificate is unexpired and "
-            "issued by this KMS's CA, and that the endpoint's certificate names the host you dialled"
+            f"{details} -- the server closed the connection during TLS set-up: check that the client "
+            "certificate is unexpired and issued by this KMS's CA, and that the server's certificate names "
+            "the host you dialled"
         )
     return from_status(exc.code(), details, trailers.get(REASON_METADATA_KEY), trailers.get(REQUEST_ID_METADATA_KEY))
 

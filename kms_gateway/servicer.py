@@ -28,6 +28,7 @@ from foundation import access_policy as policy
 from foundation.audit import AuditLog
 from foundation.credential_check import CredentialVerifier
 from foundation.errors import (
+    AliasExistsError,
     BatchTooLargeError,
     InstanceNotFoundError,
     InvalidArgumentError,
@@ -301,7 +302,16 @@ class GatewayKmsServicer(kms_pb2_grpc.KeyManagementServiceServicer):
         target = await gw.route(call, record, management=management)
         response = await gw.forward(call, target, _KMS + method, request, response_type)
         if management and method != "DescribeKey":
-            await self._after_change(call, record, response.key_metadata)
+            try:
+                await self._after_change(call, record, response.key_metadata)
+            except AliasExistsError:
+                # The registry refused the alias (a shared key of the tenant has it): undo it on the instance.
+                if method == "CreateAlias":
+                    await gw.forward(
+                        call, target, _KMS + "DeleteAlias", kms_pb2.DeleteAliasRequest(alias=request.alias),
+                        kms_pb2.DeleteAliasResponse,
+                    )
+                raise
         self._note_version(call, response)
         return response
 
@@ -407,11 +417,17 @@ class GatewayKmsServicer(kms_pb2_grpc.KeyManagementServiceServicer):
         except KeyrelayError:
             log.warning("could not abort the reservation of key %s; it stays CREATING and unusable", key_id)
 
-    def DescribeKey(self, request, context):
-        return self._serve(
-            "DescribeKey", request, context,
-            lambda call, req: self._keyed(call, "DescribeKey", req, kms_pb2.DescribeKeyResponse, management=True),
-        )
+    def _keyed_method(name: str, response_type, *, management: bool):  # noqa: N805 - used in the class body
+        def method(self, request, context):
+            return self._serve(
+                name, request, context,
+                lambda call, req: self._keyed(call, name, req, response_type, management=management),
+            )
+
+        method.__name__ = name
+        return method
+
+    DescribeKey = _keyed_method("DescribeKey", kms_pb2.DescribeKeyResponse, management=True)
 
     def ListKeys(self, request, context):
         return self._serve("ListKeys", request, context, self._list_keys)
@@ -425,23 +441,13 @@ class GatewayKmsServicer(kms_pb2_grpc.KeyManagementServiceServicer):
         ]
         return kms_pb2.ListKeysResponse(keys=visible, next_page_token=response.next_page_token)
 
-    def _lifecycle(name: str, response_type):  # noqa: N805 - a factory evaluated in the class body
-        def method(self, request, context):
-            return self._serve(
-                name, request, context,
-                lambda call, req: self._keyed(call, name, req, response_type, management=True),
-            )
-
-        method.__name__ = name
-        return method
-
-    EnableKey = _lifecycle("EnableKey", kms_pb2.EnableKeyResponse)
-    DisableKey = _lifecycle("DisableKey", kms_pb2.DisableKeyResponse)
-    ScheduleKeyDeletion = _lifecycle("ScheduleKeyDeletion", kms_pb2.ScheduleKeyDeletionResponse)
-    CancelKeyDeletion = _lifecycle("CancelKeyDeletion", kms_pb2.CancelKeyDeletionResponse)
-    RotateKey = _lifecycle("RotateKey", kms_pb2.RotateKeyResponse)
-    UpdateKey = _lifecycle("UpdateKey", kms_pb2.UpdateKeyResponse)
-    CreateAlias = _lifecycle("CreateAlias", kms_pb2.CreateAliasResponse)
+    EnableKey = _keyed_method("EnableKey", kms_pb2.EnableKeyResponse, management=True)
+    DisableKey = _keyed_method("DisableKey", kms_pb2.DisableKeyResponse, management=True)
+    ScheduleKeyDeletion = _keyed_method("ScheduleKeyDeletion", kms_pb2.ScheduleKeyDeletionResponse, management=True)
+    CancelKeyDeletion = _keyed_method("CancelKeyDeletion", kms_pb2.CancelKeyDeletionResponse, management=True)
+    RotateKey = _keyed_method("RotateKey", kms_pb2.RotateKeyResponse, management=True)
+    UpdateKey = _keyed_method("UpdateKey", kms_pb2.UpdateKeyResponse, management=True)
+    CreateAlias = _keyed_method("CreateAlias", kms_pb2.CreateAliasResponse, management=True)
 
     def DeleteAlias(self, request, context):
         return self._serve("DeleteAlias", request, context, self._delete_alias)
@@ -463,22 +469,12 @@ class GatewayKmsServicer(kms_pb2_grpc.KeyManagementServiceServicer):
 
     # -- cryptography ------------------------------------------------------------------------------
 
-    def _crypto(name: str, response_type):  # noqa: N805 - a factory evaluated in the class body
-        def method(self, request, context):
-            return self._serve(
-                name, request, context,
-                lambda call, req: self._keyed(call, name, req, response_type, management=False),
-            )
-
-        method.__name__ = name
-        return method
-
-    Encrypt = _crypto("Encrypt", kms_pb2.EncryptResponse)
-    GenerateDataKey = _crypto("GenerateDataKey", kms_pb2.GenerateDataKeyResponse)
-    GenerateDataKeyWithoutPlaintext = _crypto(
-        "GenerateDataKeyWithoutPlaintext", kms_pb2.GenerateDataKeyWithoutPlaintextResponse
+    Encrypt = _keyed_method("Encrypt", kms_pb2.EncryptResponse, management=False)
+    GenerateDataKey = _keyed_method("GenerateDataKey", kms_pb2.GenerateDataKeyResponse, management=False)
+    GenerateDataKeyWithoutPlaintext = _keyed_method(
+        "GenerateDataKeyWithoutPlaintext", kms_pb2.GenerateDataKeyWithoutPlaintextResponse, management=False
     )
-    SealPublicKey = _crypto("SealPublicKey", kms_pb2.SealPublicKeyResponse)
+    SealPublicKey = _keyed_method("SealPublicKey", kms_pb2.SealPublicKeyResponse, management=False)
 
     async def _by_blob(self, call: Call, method: str, request, blob: bytes, response_type):
         gw = self._gw

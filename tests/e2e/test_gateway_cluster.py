@@ -22,8 +22,10 @@ import pytest
 from client_sdk import AdminClient, KmsClient
 from client_sdk.credentials import CredentialBundle
 from foundation.errors import (
+    AliasExistsError,
     AliasNotFoundError,
     CredentialLimitReachedError,
+    InvalidArgumentError,
     KeyNotFoundError,
     KeyrelayError,
     NetworkNotAllowedError,
@@ -225,12 +227,38 @@ def test_revoked_expired_and_fourth_credentials_are_refused(cluster, operator, a
             with pytest.raises(KeyrelayError) as refused:
                 kms.encrypt(shared.key_id, b"x")
             assert refused.value.code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.UNAUTHENTICATED)
+            assert "unexpired" in refused.value.message or refused.value.reason == "CREDENTIAL_EXPIRED"
 
 
 def _serial_of(bundle: CredentialBundle) -> str:
     from foundation.pki import load_certificate, serial_hex
 
     return serial_hex(load_certificate(bundle.client_cert))
+
+
+def test_aliases_and_batches_across_the_shared_pool_and_an_instance(cluster, acme, keys):
+    shared, dedicated = keys
+    with acme.kms() as kms:
+        # An alias of a dedicated key is recorded in the registry: it resolves through the gateway.
+        kms.create_alias("alias/payroll-2", dedicated.key_id)
+        assert kms.describe_key("alias/payroll-2").key_id == dedicated.key_id
+        # One alias namespace per tenant across the shared pool and its instances.
+        with pytest.raises(AliasExistsError):
+            kms.create_alias("alias/orders", dedicated.key_id)
+        assert "alias/orders" not in kms.describe_key(dedicated.key_id).aliases
+        assert kms.delete_alias("alias/payroll-2") == dedicated.key_id
+        with pytest.raises(AliasNotFoundError):
+            kms.describe_key("alias/payroll-2")
+    with acme.kms("crypto-user", target=cluster.private_endpoint) as private:
+        dedicated_blob = private.encrypt(dedicated.key_id, b"d").ciphertext_blob
+    with acme.kms("crypto-user") as kms:
+        shared_blob = kms.encrypt(shared.key_id, b"s").ciphertext_blob
+        results = kms.batch_decrypt([shared_blob, dedicated_blob, shared_blob, b"\x01 not a blob"])
+        assert [r.value.plaintext if r.value else None for r in results] == [b"s", None, b"s", None]
+        assert isinstance(results[1].error, PrivateEndpointRequiredError)
+        assert results[3].error is not None
+        with pytest.raises(InvalidArgumentError, match="within one KMS"):
+            kms.re_encrypt(shared_blob, dedicated.key_id)
 
 
 def test_a_crypto_user_cannot_manage_keys(acme, keys):
