@@ -214,14 +214,20 @@ def report(cells: dict, concurrencies: list[int], seconds: float, processes: dic
                   f"{ratio(gateway, proxy):>7}")
 
 
-def _exit_on_sigterm(signum: int, frame) -> None:
-    raise SystemExit(128 + signum)  # unwinds through the finally blocks that stop the processes
+def _interrupt(signum: int, frame) -> None:
+    """Ctrl-C and SIGTERM raise at once, wherever we are, and unwind through the finally blocks.
+
+    Installed for SIGINT too: asyncio.run's own handler only cancels the main task, and a grpc.aio
+    call swallows that cancellation (it ends as an RpcError the load loop counts and goes on).
+    """
+    raise KeyboardInterrupt if signum == signal.SIGINT else SystemExit(128 + signum)
 
 
 def main() -> int:
     """Parse flags, bring the cluster and the proxy up, measure every cell, stop everything, print."""
     args, concurrencies = parse_flags(argparse.ArgumentParser(description=__doc__.split("\n\n")[0]))
-    signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, _interrupt)
     wall = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="keyrelay-bench-gateway-") as tmp:
         cluster = DevCluster(Path(tmp), shared_replicas=1, gateway_extra=GATEWAY_EXTRA)
@@ -266,6 +272,10 @@ def main() -> int:
             cluster.kill_all()  # no-op after a clean stop(); stops them after any error or interrupt
     report(cells, concurrencies, args.seconds, processes)
     print(f"\ntotal wall time {time.monotonic() - wall:.1f} s")
+    if failed := sum(1 for cell in cells.values() if cell.errors):
+        print(f"bench_gateway: error: {failed} cells had failed calls; their numbers are not comparable",
+              file=sys.stderr)
+        return 1
     return 0
 
 

@@ -162,8 +162,10 @@ def test_sigterm_lets_in_flight_calls_finish(dev_pool):
         request = kms_pb2.BatchGenerateDataKeyRequest(
             items=[kms_pb2.BatchGenerateDataKeyItem(key_id=key.key_id) for _ in range(1000)]
         )
+        # Connect first, so the calls are on the wire before the signal even on a loaded machine.
+        grpc.channel_ready_future(channel).result(timeout=30)
         calls = [stub.BatchGenerateDataKey.future(request, timeout=60) for _ in range(6)]
-        time.sleep(0.05)
+        time.sleep(0.2)
         node.proc.send_signal(signal.SIGTERM)
         for call in calls:
             results = call.result().results
