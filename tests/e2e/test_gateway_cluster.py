@@ -261,6 +261,25 @@ def test_aliases_and_batches_across_the_shared_pool_and_an_instance(cluster, acm
             kms.re_encrypt(shared_blob, dedicated.key_id)
 
 
+def test_a_node_internal_port_serves_only_the_gateway(cluster, acme, keys):
+    certs = cluster.pki / "certs"
+    shared_node = cluster.shared_endpoints[1]
+    # Another node's internal certificate: right CA, wrong identity.
+    node_bundle = CredentialBundle.from_files(
+        cluster.internal_ca, certs / f"keyrelay-node-{INSTANCE}.crt", certs / f"keyrelay-node-{INSTANCE}.key"
+    )
+    with KmsClient(shared_node, credentials=node_bundle, tenant="acme", timeout=10) as kms:
+        with pytest.raises(PermissionDeniedError, match="only the gateway"):
+            kms.describe_key(keys[0].key_id)
+    # A tenant's access-point credential is not from the internal CA: TLS refuses it.
+    with KmsClient(shared_node, credentials=CredentialBundle(
+        cluster.internal_ca.read_bytes(), acme.bundles["admin"].client_cert, acme.bundles["admin"].client_key
+    ), timeout=10) as kms:
+        with pytest.raises(KeyrelayError) as refused:
+            kms.describe_key(keys[0].key_id)
+        assert refused.value.code == grpc.StatusCode.UNAVAILABLE
+
+
 def test_a_crypto_user_cannot_manage_keys(acme, keys):
     shared, _ = keys
     with acme.kms("crypto-user") as kms:
