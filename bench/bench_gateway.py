@@ -174,6 +174,7 @@ def startup_failure(exc: Exception, cluster: DevCluster) -> str:
 async def measure(targets: dict[str, Target], key_id: str, blob: bytes, concurrencies: list[int],
                   seconds: float) -> dict[tuple[str, str, int], Cell]:
     """Every (path, op, concurrency) cell, one at a time, paths interleaved so drift hits all alike."""
+    asyncio.get_running_loop().set_exception_handler(_quiet_cancellation)
     async with contextlib.AsyncExitStack() as stack:
         calls = {}
         for path, target in targets.items():
@@ -186,6 +187,12 @@ async def measure(targets: dict[str, Target], key_id: str, blob: bytes, concurre
                     print(f"  {op} x{c} via {path}...", file=sys.stderr)
                     cells[path, op, c] = await drive(calls[path][op], c, seconds)
         return cells
+
+
+def _quiet_cancellation(loop: asyncio.AbstractEventLoop, context: dict) -> None:
+    """After Ctrl-C the load loops are cancelled mid-call: that is no error worth a traceback."""
+    if not isinstance(context.get("exception"), asyncio.CancelledError):
+        loop.default_exception_handler(context)
 
 
 def ratio(a: Cell, b: Cell) -> str:

@@ -40,5 +40,5 @@ def _verify(args: argparse.Namespace) -> int:
     if not report.ok:
         print(f"{args.file}: {report.problem}", file=sys.stderr)
         return 1
-    print(f"{args.file}: {report.records} records, chain intact")
+    print(f"{args.file}: {report.records} records, chain intact, head {report.head}")
     return 0

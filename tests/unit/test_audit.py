@@ -206,7 +206,7 @@ def _cli(path) -> int:
 
 def test_cli_reports_an_intact_chain(log_path, capsys):
     assert _cli(log_path) == 0
-    assert capsys.readouterr().out == f"{log_path}: {COUNT} records, chain intact\n"
+    assert capsys.readouterr().out == f"{log_path}: {COUNT} records, chain intact, head {verify(log_path).head}\n"
 
 
 def test_cli_names_the_bad_line(log_path, capsys):
