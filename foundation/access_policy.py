@@ -48,6 +48,10 @@ METHOD_ROLES: dict[str, frozenset[str]] = {
     "OpenPublicKey": frozenset({MESSAGING_USER}),
 }
 _ZONE = re.compile(r"^[a-z0-9][a-z0-9-]{0,31}$")
+#: A tenant id: 1-64 of a-z 0-9 . _ -, starting with a letter or digit.
+TENANT_ID = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
+#: A dedicated instance id: 1-63 of a-z 0-9 and '-', not starting or ending with '-'.
+INSTANCE_ID = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 _ROLE_ENUM_PREFIX = "ACCESS_POINT_ROLE_"
 
 

@@ -18,6 +18,8 @@ key contents never appear in an error message.
 
 from __future__ import annotations
 
+import functools
+
 import ipaddress
 import os
 import urllib.parse
@@ -144,8 +146,14 @@ def peer_certificate(context: grpc.aio.ServicerContext) -> x509.Certificate | No
     values = (context.auth_context() or {}).get(_PEER_CERT_KEY)
     if not values:
         return None
+    return _parse_peer_pem(values[0])
+
+
+# Every call on a connection presents the same certificate: parse each one once, not per call.
+@functools.lru_cache(maxsize=4096)
+def _parse_peer_pem(pem: bytes) -> x509.Certificate | None:
     try:
-        return x509.load_pem_x509_certificate(values[0])
+        return x509.load_pem_x509_certificate(pem)
     except ValueError:
         return None
 

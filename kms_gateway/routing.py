@@ -100,12 +100,8 @@ class KeyDirectory:
         return record
 
     def invalidate(self, key_id: str) -> None:
-        """Forget every cached reference to `key_id` (after this gateway changed the key)."""
+        """Forget every cached reference to `key_id`, by id or alias (after this gateway changed the key)."""
         self._records.drop(lambda _key, record: record.key_id == key_id)
-
-    def invalidate_alias(self, tenant_id: str, alias: str) -> None:
-        """Forget a cached alias (after this gateway created or deleted it)."""
-        self._records.drop(lambda key, _record: key == (tenant_id, alias))
 
     async def instance(self, instance_id: str, metadata: Sequence[tuple[str, str]]) -> admin_pb2.Instance:
         """A registered dedicated instance (InstanceNotFoundError if none)."""

@@ -45,7 +45,7 @@ from foundation.metrics import route_var
 from foundation.ratelimit import TokenBucketLimiter
 from foundation.tls import peer_certificate, peer_ip
 from foundation.upstream import ReplicaSet
-from keyrelay.v1 import admin_pb2_grpc, errors_pb2, kms_pb2, kms_pb2_grpc, registry_pb2
+from keyrelay.v1 import admin_pb2, admin_pb2_grpc, errors_pb2, kms_pb2, kms_pb2_grpc, registry_pb2
 from kms_gateway.routing import ADMIN_SCOPE_METADATA_KEY, TENANT_METADATA_KEY, KeyDirectory
 from kms_node.blob import peek_key_id
 
@@ -397,9 +397,12 @@ class GatewayKmsServicer(kms_pb2_grpc.KeyManagementServiceServicer):
             )
             metadata = described.key_metadata
         except KeyrelayError as exc:
-            if reserved.state == kms_pb2.KEY_STATE_CREATING and not getattr(exc, "maybe_delivered", True):
-                await self._abort(call, key_id)
-            elif not isinstance(exc, (UnavailableError,)) and exc.code != grpc.StatusCode.DEADLINE_EXCEEDED:
+            # An answer from the instance, or a call it never received, means nothing was made there;
+            # a call lost in flight may have made the key, so its reservation waits for the retry.
+            maybe_made = getattr(exc, "maybe_delivered", True) and (
+                isinstance(exc, UnavailableError) or exc.code == grpc.StatusCode.DEADLINE_EXCEEDED
+            )
+            if reserved.state == kms_pb2.KEY_STATE_CREATING and not maybe_made:
                 await self._abort(call, key_id)
             raise
         if reserved.state == kms_pb2.KEY_STATE_CREATING:
@@ -457,8 +460,7 @@ class GatewayKmsServicer(kms_pb2_grpc.KeyManagementServiceServicer):
         record = await gw.resolve(call, request.alias)
         target = await gw.route(call, record, management=True)
         response = await gw.forward(call, target, _KMS + "DeleteAlias", request, kms_pb2.DeleteAliasResponse)
-        gw.directory.invalidate(record.key_id)
-        gw.directory.invalidate_alias(call.tenant, request.alias)
+        gw.directory.invalidate(record.key_id)  # also drops the cached alias, which names this key
         if record.instance_id:
             described = await gw.forward(
                 call, target, _KMS + "DescribeKey", kms_pb2.DescribeKeyRequest(key_id=record.key_id),
@@ -616,16 +618,13 @@ class GatewayAdminServicer(admin_pb2_grpc.AdminServiceServicer):
         method.__name__ = name
         return method
 
-    from keyrelay.v1 import admin_pb2 as _pb
-
-    RegisterInstance = _forward("RegisterInstance", _pb.RegisterInstanceResponse)
-    DescribeInstance = _forward("DescribeInstance", _pb.DescribeInstanceResponse)
-    ListInstances = _forward("ListInstances", _pb.ListInstancesResponse)
-    CreateAccessPoint = _forward("CreateAccessPoint", _pb.CreateAccessPointResponse)
-    DescribeAccessPoint = _forward("DescribeAccessPoint", _pb.DescribeAccessPointResponse)
-    ListAccessPoints = _forward("ListAccessPoints", _pb.ListAccessPointsResponse)
-    DeleteAccessPoint = _forward("DeleteAccessPoint", _pb.DeleteAccessPointResponse, forget_credentials=True)
-    IssueCredential = _forward("IssueCredential", _pb.IssueCredentialResponse)
-    ListCredentials = _forward("ListCredentials", _pb.ListCredentialsResponse)
-    RevokeCredential = _forward("RevokeCredential", _pb.RevokeCredentialResponse, forget_credentials=True)
-    del _pb
+    RegisterInstance = _forward("RegisterInstance", admin_pb2.RegisterInstanceResponse)
+    DescribeInstance = _forward("DescribeInstance", admin_pb2.DescribeInstanceResponse)
+    ListInstances = _forward("ListInstances", admin_pb2.ListInstancesResponse)
+    CreateAccessPoint = _forward("CreateAccessPoint", admin_pb2.CreateAccessPointResponse)
+    DescribeAccessPoint = _forward("DescribeAccessPoint", admin_pb2.DescribeAccessPointResponse)
+    ListAccessPoints = _forward("ListAccessPoints", admin_pb2.ListAccessPointsResponse)
+    DeleteAccessPoint = _forward("DeleteAccessPoint", admin_pb2.DeleteAccessPointResponse, forget_credentials=True)
+    IssueCredential = _forward("IssueCredential", admin_pb2.IssueCredentialResponse)
+    ListCredentials = _forward("ListCredentials", admin_pb2.ListCredentialsResponse)
+    RevokeCredential = _forward("RevokeCredential", admin_pb2.RevokeCredentialResponse, forget_credentials=True)

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from foundation import pki
-from foundation.access_policy import ADMIN, ROLES, valid_zone
+from foundation.access_policy import ADMIN, INSTANCE_ID, ROLES, TENANT_ID, valid_zone
 from foundation.errors import (
     AccessPointNotFoundError,
     CredentialExpiredError,
@@ -59,8 +59,6 @@ MAX_NAME = 128
 #: Credentials start this much before they are issued, so peers whose clocks run behind accept them.
 CLOCK_SKEW_SECONDS = 300
 MAX_LIST_ITEMS = 100
-_INSTANCE_ID = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
-_TENANT = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 _HOST = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?$")
 _ALIAS_PATTERN = re.compile(r"^alias/[A-Za-z0-9/_*-]{1,250}$")
 _KEY_ID_PATTERN = re.compile(r"^[0-9a-f*-]{1,36}$")
@@ -93,7 +91,7 @@ def check_tenant(tenant_id: str) -> None:
     """InvalidArgumentError unless `tenant_id` is 1-64 of a-z 0-9 . _ - starting alphanumeric."""
     if not tenant_id:
         raise InvalidArgumentError("tenant_id is required")
-    if not _TENANT.fullmatch(tenant_id):
+    if not TENANT_ID.fullmatch(tenant_id):
         raise InvalidArgumentError(f"tenant_id {tenant_id[:70]!r} must be 1-64 of a-z 0-9 . _ - (starting a-z or 0-9)")
 
 
@@ -210,7 +208,7 @@ class AdminService:
         allow_public_crypto: bool = False,
     ) -> Instance:
         """Register a dedicated instance of a tenant, its node replicas and network policy."""
-        if not _INSTANCE_ID.fullmatch(instance_id):
+        if not INSTANCE_ID.fullmatch(instance_id):
             raise InvalidArgumentError(
                 f"instance_id {instance_id[:80]!r} must be 1-63 of a-z 0-9 and '-', not starting or ending with '-'"
             )

@@ -17,15 +17,14 @@ Example (see ``deploy/node-shared.toml`` and ``deploy/node-dedicated.toml``)::
 from __future__ import annotations
 
 import os
-import re
 import tomllib
 from dataclasses import dataclass, field, replace
 from typing import Mapping
 
 from foundation import config as cfg
+from foundation.access_policy import INSTANCE_ID
 
 ENV_PREFIX = "KEYRELAY_NODE"
-_INSTANCE_ID = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 
 
 @dataclass(frozen=True)
@@ -112,7 +111,7 @@ class NodeConfig:
         """Raise ConfigError naming the key and the fix for the first problem found."""
         if self.mode not in ("shared", "dedicated"):
             raise cfg.ConfigError(f"mode must be 'shared' or 'dedicated' (got {self.mode!r})")
-        if self.mode == "dedicated" and not _INSTANCE_ID.fullmatch(self.instance_id):
+        if self.mode == "dedicated" and not INSTANCE_ID.fullmatch(self.instance_id):
             raise cfg.ConfigError(
                 "a dedicated node needs instance_id: 1-63 characters of a-z, 0-9 and '-' "
                 f"(got {self.instance_id!r})"

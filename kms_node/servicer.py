@@ -9,11 +9,11 @@ from the access point the client authenticated as.
 from __future__ import annotations
 
 import contextvars
-import re
 
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from foundation.access_policy import TENANT_ID
 from foundation.errors import InvalidArgumentError, KeyrelayError, NodeNotReadyError
 from keyrelay.v1 import errors_pb2, kms_pb2, kms_pb2_grpc
 from kms_node.service import Caller, CryptoResult, KeyService, SealedRecord
@@ -23,7 +23,6 @@ TENANT_METADATA_KEY = "keyrelay-tenant"
 #: Set by the private endpoint to the tenant of the authenticated access point; it wins over metadata.
 caller_tenant_var: contextvars.ContextVar[str] = contextvars.ContextVar("caller_tenant", default="")
 DEFAULT_TENANT = "default"
-_TENANT = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 _STATE = {
     "CREATING": kms_pb2.KEY_STATE_CREATING,
     "ENABLED": kms_pb2.KEY_STATE_ENABLED,
@@ -86,7 +85,7 @@ class KeyManagementServicer(kms_pb2_grpc.KeyManagementServiceServicer):
             return Caller(authenticated)
         for key, value in context.invocation_metadata() or ():
             if key == TENANT_METADATA_KEY:
-                if not _TENANT.fullmatch(value):
+                if not TENANT_ID.fullmatch(value):
                     raise InvalidArgumentError(f"tenant {value[:70]!r} must be 1-64 of a-z 0-9 . _ - (starting alnum)")
                 return Caller(value)
         return Caller(DEFAULT_TENANT)
