@@ -36,6 +36,7 @@ from foundation.errors import (
     PermissionDeniedError,
     UnauthenticatedError,
 )
+from foundation.store_workers import StoreWorkers
 from kms_node.service import clamp_page_size, decode_page_token, encode_page_token, is_uuid
 from kms_node.store.admin_base import (
     AccessPoint,
@@ -47,7 +48,6 @@ from kms_node.store.admin_base import (
     InstanceIdTaken,
     SerialTaken,
 )
-from kms_node.store.base import StoreWorkers
 
 log = logging.getLogger(__name__)
 

@@ -10,10 +10,10 @@ from __future__ import annotations
 from typing import Generic, TypeVar
 
 import grpc
-from google.protobuf.timestamp_pb2 import Timestamp
 
 from foundation.access_policy import ROLES, role_enum_name
 from foundation.errors import NodeNotReadyError, PermissionDeniedError
+from foundation.proto_time import timestamp
 from keyrelay.v1 import admin_pb2, admin_pb2_grpc
 from kms_node.admin import AdminScope, AdminService, check_tenant
 from kms_node.store.admin_base import AccessPoint, Credential, Instance
@@ -24,13 +24,6 @@ ROLE_TO_PB = {role: admin_pb2.AccessPointRole.Value(role_enum_name(role)) for ro
 ROLE_FROM_PB = {value: role for role, value in ROLE_TO_PB.items()}
 
 S = TypeVar("S")
-
-
-def timestamp(seconds: float) -> Timestamp:
-    """A protobuf Timestamp of Unix seconds."""
-    ts = Timestamp()
-    ts.FromNanoseconds(int(seconds * 1e9))
-    return ts
 
 
 def instance_pb(instance: Instance) -> admin_pb2.Instance:

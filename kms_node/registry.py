@@ -27,6 +27,7 @@ from foundation.errors import (
     KeyStateConflictError,
     RevisionConflictError,
 )
+from foundation.store_workers import StoreWorkers
 from kms_node.service import KEY_SPEC_AES_256, check_alias, check_ref, retry_on_conflict
 from kms_node.store.admin_base import AdminStore
 from kms_node.store.base import (
@@ -37,7 +38,6 @@ from kms_node.store.base import (
     KeyStore,
     RequestIdTaken,
     RevisionConflict,
-    StoreWorkers,
 )
 
 log = logging.getLogger(__name__)

@@ -5,9 +5,10 @@ serves them on its internal port to the gateway (and, for credential checks, to 
 
 from __future__ import annotations
 
+from foundation.proto_time import timestamp
 from keyrelay.v1 import kms_pb2, registry_pb2, registry_pb2_grpc
 from kms_node.admin import AdminService
-from kms_node.admin_servicer import Attachable, access_point_pb, credential_pb, timestamp
+from kms_node.admin_servicer import Attachable, access_point_pb, credential_pb
 from kms_node.registry import KeyRegistry
 from kms_node.store.base import KeyRecord
 

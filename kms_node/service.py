@@ -39,6 +39,7 @@ from foundation.errors import (
     PayloadTooLargeError,
     SealedRecordMismatchError,
 )
+from foundation.store_workers import StoreWorkers
 from kms_node import blob as blobs
 from kms_node import context as contexts
 from kms_node.hsm.backend import HsmAuthenticationFailed, HsmBackend, HsmSession, KeyVersionRef
@@ -49,7 +50,6 @@ from kms_node.store.base import (
     KeyState,
     KeyStore,
     RevisionConflict,
-    StoreWorkers,
     VersionRecord,
 )
 

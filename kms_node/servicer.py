@@ -11,10 +11,10 @@ from __future__ import annotations
 import contextvars
 
 import grpc
-from google.protobuf.timestamp_pb2 import Timestamp
 
 from foundation.access_policy import TENANT_ID
 from foundation.errors import InvalidArgumentError, KeyrelayError, NodeNotReadyError
+from foundation.proto_time import timestamp
 from keyrelay.v1 import errors_pb2, kms_pb2, kms_pb2_grpc
 from kms_node.service import Caller, CryptoResult, KeyService, SealedRecord
 from kms_node.store.base import KeyRecord
@@ -31,12 +31,6 @@ _STATE = {
 }
 
 
-def _timestamp(seconds: float) -> Timestamp:
-    ts = Timestamp()
-    ts.FromNanoseconds(int(seconds * 1e9))
-    return ts
-
-
 def key_metadata(record: KeyRecord) -> kms_pb2.KeyMetadata:
     """The protobuf form of a key record (never its wrapped blobs)."""
     meta = kms_pb2.KeyMetadata(
@@ -49,12 +43,12 @@ def key_metadata(record: KeyRecord) -> kms_pb2.KeyMetadata:
         key_spec=kms_pb2.KEY_SPEC_AES_256,
         primary_version=record.primary_version,
         min_decryption_version=record.min_decryption_version,
-        create_time=_timestamp(record.create_time),
+        create_time=timestamp(record.create_time),
         aliases=list(record.aliases),
-        versions=[kms_pb2.KeyVersion(version=v.version, create_time=_timestamp(v.create_time)) for v in record.versions],
+        versions=[kms_pb2.KeyVersion(version=v.version, create_time=timestamp(v.create_time)) for v in record.versions],
     )
     if record.deletion_time is not None:
-        meta.deletion_time.CopyFrom(_timestamp(record.deletion_time))
+        meta.deletion_time.CopyFrom(timestamp(record.deletion_time))
     return meta
 
 

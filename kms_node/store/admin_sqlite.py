@@ -15,7 +15,7 @@ from kms_node.store.admin_base import (
     InstanceIdTaken,
     SerialTaken,
 )
-from kms_node.store.sqlite_base import SqliteDatabase
+from foundation.sqlite_db import SqliteDatabase
 
 # Each entry migrates the schema from version i to i + 1; append, never edit.
 MIGRATIONS: tuple[str, ...] = (

@@ -8,12 +8,8 @@ retries on fresh data.
 
 from __future__ import annotations
 
-import asyncio
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
-from typing import Callable, Protocol, Sequence, TypeVar
-
-T = TypeVar("T")
+from typing import Protocol, Sequence
 
 
 class KeyState:
@@ -150,17 +146,3 @@ class KeyStore(Protocol):
 
     def close(self) -> None:
         """Release connections."""
-
-
-class StoreWorkers:
-    """A small thread pool that runs blocking store calls off the event loop."""
-
-    def __init__(self, workers: int = 4, name: str = "store") -> None:
-        self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix=name)
-
-    async def __call__(self, fn: Callable[..., T], *args) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
-
-    def close(self) -> None:
-        """Wait for running calls and stop the threads."""
-        self._executor.shutdown(wait=True)

@@ -19,7 +19,7 @@ from kms_node.store.base import (
     VersionRecord,
 )
 from kms_node.store.sqlite import MIGRATIONS, SqliteKeyStore
-from kms_node.store.sqlite_base import SqliteDatabase
+from foundation.sqlite_db import SqliteDatabase
 
 
 @pytest.fixture

@@ -1,5 +1,6 @@
-"""What every SQLite store of the node shares: one connection per thread, WAL mode, write
-transactions, and a schema migrated at start-up from a tuple of scripts.
+"""What every SQLite store shares (the node's key store and control plane, the relay's store): one
+connection per thread, WAL mode, write transactions, and a schema migrated at start-up from a tuple
+of scripts.
 
 Several stores may share one file, each with its own schema-version table and migrations (the
 shared node keeps its keys and its control plane in one file).
