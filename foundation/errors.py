@@ -8,27 +8,32 @@ classes. Each class carries the gRPC status code it travels as and a *reason* (t
     KeyrelayError
     ├── InvalidArgumentError            INVALID_ARGUMENT
     │   ├── PayloadTooLargeError
+    │   │   └── EnvelopeTooLargeError
     │   ├── BatchTooLargeError
     │   ├── InvalidEncryptionContextError
     │   ├── MalformedCiphertextError
     │   ├── CiphertextAuthenticationError
-    │   └── SealedRecordMismatchError
+    │   ├── SealedRecordMismatchError
+    │   └── InvalidUserIdError
     ├── NotFoundError                   NOT_FOUND
     │   ├── KeyNotFoundError
     │   ├── AliasNotFoundError
     │   ├── InstanceNotFoundError
     │   ├── AccessPointNotFoundError
-    │   └── CredentialNotFoundError
+    │   ├── CredentialNotFoundError
+    │   └── UserNotFoundError
     ├── AlreadyExistsError              ALREADY_EXISTS
     │   ├── AliasExistsError
     │   ├── KeyExistsError
-    │   └── InstanceExistsError
+    │   ├── InstanceExistsError
+    │   └── AccountExistsError
     ├── FailedPreconditionError         FAILED_PRECONDITION
     │   ├── KeyDisabledError
     │   ├── KeyPendingDeletionError
     │   ├── KeyVersionRetiredError
     │   ├── KeyStateConflictError
-    │   └── CredentialLimitReachedError
+    │   ├── CredentialLimitReachedError
+    │   └── RecordVersionNotNewerError
     ├── RevisionConflictError           ABORTED
     ├── PermissionDeniedError           PERMISSION_DENIED
     │   ├── NetworkNotAllowedError
@@ -37,6 +42,7 @@ classes. Each class carries the gRPC status code it travels as and a *reason* (t
     │   ├── CredentialRevokedError
     │   └── CredentialExpiredError
     ├── ResourceExhaustedError          RESOURCE_EXHAUSTED
+    │   └── MailboxFullError
     ├── UnavailableError                UNAVAILABLE
     │   ├── NodeNotReadyError
     │   └── HsmUnavailableError
@@ -134,6 +140,18 @@ class SealedRecordMismatchError(InvalidArgumentError):
     reason = "SEALED_RECORD_MISMATCH"
 
 
+class EnvelopeTooLargeError(PayloadTooLargeError):
+    """A relay envelope is larger than the relay accepts (256 KiB)."""
+
+    reason = "ENVELOPE_TOO_LARGE"
+
+
+class InvalidUserIdError(InvalidArgumentError):
+    """A user id is not 1-64 characters of a-z, 0-9, '.', '_' and '-'."""
+
+    reason = "INVALID_USER_ID"
+
+
 class NotFoundError(KeyrelayError):
     """The named resource does not exist (or belongs to another tenant)."""
 
@@ -196,6 +214,18 @@ class InstanceExistsError(AlreadyExistsError):
     reason = "INSTANCE_EXISTS"
 
 
+class UserNotFoundError(NotFoundError):
+    """No relay account (or no published record) exists for that user id."""
+
+    reason = "USER_NOT_FOUND"
+
+
+class AccountExistsError(AlreadyExistsError):
+    """The user id is taken on this relay."""
+
+    reason = "ACCOUNT_EXISTS"
+
+
 class FailedPreconditionError(KeyrelayError):
     """The resource is not in a state that allows the operation."""
 
@@ -231,6 +261,12 @@ class CredentialLimitReachedError(FailedPreconditionError):
     """The access point already has its three live credentials; revoke one first."""
 
     reason = "CREDENTIAL_LIMIT_REACHED"
+
+
+class RecordVersionNotNewerError(FailedPreconditionError):
+    """A directory record's version is not above the newest one published."""
+
+    reason = "RECORD_VERSION_NOT_NEWER"
 
 
 class RevisionConflictError(KeyrelayError):
@@ -283,6 +319,12 @@ class ResourceExhaustedError(KeyrelayError):
 
     code = grpc.StatusCode.RESOURCE_EXHAUSTED
     reason = "RATE_LIMITED"
+
+
+class MailboxFullError(ResourceExhaustedError):
+    """The recipient's mailbox holds as many messages (or bytes) as the relay allows."""
+
+    reason = "MAILBOX_FULL"
 
 
 class UnavailableError(KeyrelayError):

@@ -11,6 +11,9 @@ The series::
     keyrelay_registry_cache_total{result}                          counter, result = hit | miss
     keyrelay_hsm_operation_seconds{operation}                      histogram
     keyrelay_upstream_retries_total{route}                         counter
+    keyrelay_relay_messages_total{event}                           counter, event = stored | duplicate |
+                                                                   delivered | acked | expired
+    keyrelay_relay_subscribers                                     gauge, open Subscribe streams
 
 `route` is "shared", "instance:<id>", "local" or "none": handlers set `route_var` and the server
 interceptor (`foundation.grpc_server`) reads it when the call ends. Labels carry names and codes
@@ -22,7 +25,9 @@ from __future__ import annotations
 import asyncio
 import contextvars
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from typing import Callable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 #: Where the call being served was routed; set by handlers, reset to "local" for every call.
 route_var: contextvars.ContextVar[str] = contextvars.ContextVar("route", default="local")
@@ -62,6 +67,13 @@ class Metrics:
             "keyrelay_upstream_retries_total", "Calls retried on another upstream node.",
             ["route"], registry=self.registry,
         )
+        self._relay_messages = Counter(
+            "keyrelay_relay_messages_total", "Relay messages by what happened to them.",
+            ["event"], registry=self.registry,
+        )
+        self._subscribers = Gauge(
+            "keyrelay_relay_subscribers", "Open Subscribe streams.", registry=self.registry,
+        )
         self._cache_hit = self._cache.labels("hit")
         self._cache_miss = self._cache.labels("miss")
         self._server: asyncio.Server | None = None
@@ -84,6 +96,15 @@ class Metrics:
 
     def upstream_retry(self, route: str) -> None:
         self._retries.labels(route).inc()
+
+    def relay_event(self, event: str, count: int = 1) -> None:
+        """Count relay messages that were stored, found duplicate, delivered, acked or expired."""
+        if count:
+            self._relay_messages.labels(event).inc(count)
+
+    def track_subscribers(self, count: Callable[[], int]) -> None:
+        """Report `count()` as the number of open Subscribe streams whenever metrics are read."""
+        self._subscribers.set_function(count)
 
     def render(self) -> bytes:
         """All series in the Prometheus text exposition format."""

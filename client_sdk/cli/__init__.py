@@ -2,6 +2,7 @@
 
     keyrelay node --config node.toml         run a KMS node
     keyrelay gateway --config gateway.toml   run the KMS gateway
+    keyrelay relay --config relay.toml       run the messaging relay (directory and mailboxes)
     keyrelay hsm init --config node.toml     initialise the pool's tokens and its domain key
     keyrelay instance|access-point|credential ...   administer dedicated instances and access
     keyrelay pki create-ca|issue             make CAs and certificates for a deployment
@@ -26,6 +27,12 @@ def _node(args: argparse.Namespace) -> int:
 
 def _gateway(args: argparse.Namespace) -> int:
     from kms_gateway.__main__ import run
+
+    return run(args)
+
+
+def _relay(args: argparse.Namespace) -> int:
+    from relay.__main__ import run
 
     return run(args)
 
@@ -57,6 +64,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_gateway_arguments(gateway)
     gateway.set_defaults(func=_gateway)
+
+    from relay.__main__ import add_arguments as add_relay_arguments
+
+    relay = commands.add_parser(
+        "relay",
+        help="run the messaging relay until SIGTERM",
+        description="Run the relay: the directory of sealed public keys and the mailboxes; it never talks to "
+        "the KMS. Example: keyrelay relay --config deploy/relay.toml",
+    )
+    add_relay_arguments(relay)
+    relay.set_defaults(func=_relay)
 
     hsm_commands.register(commands)
     admin_commands.register(commands)

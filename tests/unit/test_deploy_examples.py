@@ -13,6 +13,7 @@ import pytest
 from foundation.config import config_keys
 from kms_gateway.config import GatewayConfig, load_gateway_config
 from kms_node.config import NodeConfig, load_node_config
+from relay.config import RelayConfig, load_relay_config
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 README = DEPLOY.parent / "README.md"
@@ -95,6 +96,18 @@ def test_readme_documents_every_gateway_config_key():
         assert f"`{key}`" in readme, f"README's gateway config table misses {key}"
 
 
+def test_relay_example_loads_and_sets_every_key():
+    config = load_relay_config(str(DEPLOY / "relay.toml"))
+    assert config.tls.cert and config.metrics_listen
+    assert written_keys(RelayConfig, read_toml("relay.toml")) == set(config_keys(RelayConfig))
+
+
+def test_readme_documents_every_relay_config_key():
+    readme = README.read_text()
+    for key in config_keys(RelayConfig):
+        assert f"`{key}`" in readme, f"README's relay config table misses {key}"
+
+
 def test_examples_are_one_deployment(monkeypatch):
     gateway = load_gateway_config(str(DEPLOY / "gateway.toml"))
     shared = load_node("node-shared.toml", monkeypatch)
@@ -112,4 +125,5 @@ def test_examples_are_one_deployment(monkeypatch):
     assert shared.ca.cert and shared.ca.key and shared.ca.bootstrap_dir
     assert gateway.operator_tenant == shared.ca.operator_tenant
     # Distinct metrics ports per host.
-    assert len({gateway.metrics_listen, shared.metrics_listen, dedicated.metrics_listen}) == 3
+    relay = load_relay_config(str(DEPLOY / "relay.toml"))
+    assert len({gateway.metrics_listen, shared.metrics_listen, dedicated.metrics_listen, relay.metrics_listen}) == 4

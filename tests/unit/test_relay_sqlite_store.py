@@ -1,0 +1,620 @@
+"""Unit tests of relay/store/sqlite.py on a temporary SQLite file."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import sqlite3
+import threading
+import uuid
+
+import pytest
+
+from relay.store.base import (
+    AccountTaken,
+    ClientMessageIdReused,
+    MailboxFull,
+    MailboxLimits,
+    NewMessage,
+    PublishedRecord,
+    SendReceipt,
+    UnknownUser,
+    VersionNotNewer,
+)
+from relay.store.sqlite import MIGRATIONS, SqliteRelayStore
+
+T0 = 1_750_000_000.0
+ROOMY = MailboxLimits(max_messages=10_000, max_bytes=100 * 1024 * 1024)
+
+
+@pytest.fixture
+def db_path(tmp_path) -> str:
+    return str(tmp_path / "nested" / "relay.db")
+
+
+@pytest.fixture
+def store(db_path):
+    s = SqliteRelayStore(db_path)
+    yield s
+    s.close()
+
+
+def token_hash(user_id: str) -> bytes:
+    return hashlib.sha256(b"token-of-" + user_id.encode()).digest()
+
+
+def add_users(store: SqliteRelayStore, *user_ids: str) -> None:
+    for user_id in user_ids:
+        store.create_account(user_id, token_hash(user_id), T0)
+
+
+def msg(
+    sender: str = "alice",
+    recipient: str = "bob",
+    envelope: bytes = b"sealed envelope",
+    client_message_id: str | None = None,
+    store_time: float = T0,
+    expire_time: float | None = T0 + 3600,
+    forget_time: float | None = None,
+) -> NewMessage:
+    return NewMessage(
+        message_id=str(uuid.uuid4()),
+        sender=sender,
+        recipient=recipient,
+        client_message_id=client_message_id or str(uuid.uuid4()),
+        envelope=envelope,
+        digest=hashlib.sha256(recipient.encode() + b"\0" + envelope).digest(),
+        store_time=store_time,
+        expire_time=expire_time,
+        forget_time=forget_time if forget_time is not None else (expire_time or store_time) + 86_400,
+    )
+
+
+def record(user_id: str = "alice", version: int = 1, publish_time: float = T0) -> PublishedRecord:
+    return PublishedRecord(
+        user_id=user_id,
+        record_version=version,
+        sealed_bundle=f"bundle-{user_id}-v{version}".encode(),
+        wrapped_dek=f"dek-{version}".encode(),
+        kms_key_id="relay-directory-key",
+        publish_time=publish_time,
+    )
+
+
+def pending_ids(store: SqliteRelayStore, recipient: str, now: float = T0) -> list[str]:
+    return [m.message_id for m in store.pending_messages(recipient, 0, now, 100_000)]
+
+
+def message_rows(db_path: str) -> int:
+    with sqlite3.connect(db_path) as raw:
+        return raw.execute("SELECT COUNT(*) FROM messages").fetchone()[0]
+
+
+def sent_rows(db_path: str) -> int:
+    with sqlite3.connect(db_path) as raw:
+        return raw.execute("SELECT COUNT(*) FROM sent").fetchone()[0]
+
+
+# -- schema -------------------------------------------------------------------------------------
+
+
+def test_migration_creates_latest_schema(store, db_path):
+    """A new file (in a folder created for it) gets every table at the latest relay schema version."""
+    assert len(MIGRATIONS) == 1
+    assert store.schema_version() == 1
+    assert store.path == db_path
+    with sqlite3.connect(db_path) as raw:
+        tables = {name for (name,) in raw.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        assert {"accounts", "records", "messages", "sent", "relay_schema_version"} <= tables
+        assert raw.execute("SELECT version FROM relay_schema_version").fetchall() == [(1,)]
+        indexes = {name for (name,) in raw.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
+        assert {"messages_by_recipient", "messages_by_expiry", "sent_by_forget_time"} <= indexes
+        assert raw.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+
+
+def test_reopening_keeps_data_and_does_not_migrate_again(store, db_path):
+    add_users(store, "alice", "bob")
+    store.publish_record(record("alice", 1))
+    receipt = store.store_messages([msg()], ROOMY)[0]
+    store.close()
+
+    again = SqliteRelayStore(db_path)
+    try:
+        assert again.schema_version() == 1
+        assert again.account_exists("alice") and again.account_exists("bob")
+        assert again.get_record("alice") == record("alice", 1)
+        assert pending_ids(again, "bob") == [receipt.message_id]
+        assert again.mailbox_usage("bob") == (1, len(b"sealed envelope"))
+    finally:
+        again.close()
+
+
+def test_file_from_a_newer_keyrelay_is_refused(store, db_path):
+    store.close()
+    with sqlite3.connect(db_path) as raw:
+        raw.execute("UPDATE relay_schema_version SET version = 99")
+    with pytest.raises(RuntimeError, match="newer"):
+        SqliteRelayStore(db_path)
+
+
+def test_needs_a_file_path():
+    """Every worker thread opens its own connection, so an in-memory database is refused."""
+    with pytest.raises(ValueError):
+        SqliteRelayStore(":memory:")
+
+
+def test_closed_store_fails_instead_of_reopening(store):
+    store.close()
+    with pytest.raises(sqlite3.ProgrammingError):
+        store.account_exists("alice")
+
+
+# -- accounts -----------------------------------------------------------------------------------
+
+
+def test_create_account_and_look_it_up_by_token(store):
+    assert not store.account_exists("alice")
+    assert store.user_for_token(token_hash("alice")) is None
+    add_users(store, "alice", "bob")
+    assert store.account_exists("alice")
+    assert store.user_for_token(token_hash("alice")) == "alice"
+    assert store.user_for_token(token_hash("bob")) == "bob"
+    assert store.user_for_token(token_hash("carol")) is None
+    assert store.mailbox_usage("alice") == (0, 0)
+
+
+def test_duplicate_user_id_is_account_taken_and_keeps_the_first_token(store):
+    add_users(store, "alice")
+    with pytest.raises(AccountTaken):
+        store.create_account("alice", token_hash("someone else"), T0 + 1)
+    assert store.user_for_token(token_hash("alice")) == "alice"
+    assert store.user_for_token(token_hash("someone else")) is None
+
+
+def test_duplicate_token_hash_is_not_account_taken(store):
+    """A repeated token hash under another user id is a storage error, not a taken user id."""
+    add_users(store, "alice")
+    with pytest.raises(sqlite3.IntegrityError) as info:
+        store.create_account("mallory", token_hash("alice"), T0)
+    assert not isinstance(info.value, AccountTaken)
+    assert not store.account_exists("mallory")
+    assert store.user_for_token(token_hash("alice")) == "alice"
+
+
+def test_mailbox_usage_of_unknown_user_is_empty(store):
+    assert store.mailbox_usage("nobody") == (0, 0)
+
+
+# -- directory ----------------------------------------------------------------------------------
+
+
+def test_publish_keeps_history(store):
+    add_users(store, "alice")
+    assert store.get_record("alice") is None
+    v1, v2 = record("alice", 1, T0), record("alice", 2, T0 + 10)
+    assert store.publish_record(v1) == v1
+    assert store.get_record("alice") == v1
+    assert store.publish_record(v2) == v2
+    assert store.get_record("alice") == v2
+    assert store.get_record("alice", 0) == v2
+    assert store.get_record("alice", 1) == v1
+    assert store.get_record("alice", 2) == v2
+    assert store.get_record("alice", 3) is None
+    assert store.get_record("bob") is None
+    got = store.get_record("alice", 1)
+    assert type(got.sealed_bundle) is bytes and type(got.wrapped_dek) is bytes
+
+
+def test_versions_may_skip_but_not_go_back(store):
+    add_users(store, "alice")
+    store.publish_record(record("alice", 1))
+    store.publish_record(record("alice", 5))
+    assert store.get_record("alice").record_version == 5
+    for version in (5, 4, 1):
+        with pytest.raises(VersionNotNewer) as info:
+            store.publish_record(record("alice", version, publish_time=T0 + 99))
+        assert info.value.newest == 5
+    # The refused publishes wrote nothing: version 1 and 5 are the originals, 4 does not exist.
+    assert store.get_record("alice", 1) == record("alice", 1)
+    assert store.get_record("alice", 5) == record("alice", 5)
+    assert store.get_record("alice", 4) is None
+
+
+def test_version_zero_is_never_newer(store):
+    """Version 0 means "newest" to get_record, so it can never be published."""
+    add_users(store, "alice")
+    with pytest.raises(VersionNotNewer) as info:
+        store.publish_record(record("alice", 0))
+    assert info.value.newest == 0
+    assert store.get_record("alice") is None
+
+
+def test_records_are_per_user(store):
+    add_users(store, "alice", "bob")
+    store.publish_record(record("alice", 3))
+    store.publish_record(record("bob", 1))  # alice's newer version does not bind bob
+    assert store.get_record("bob") == record("bob", 1)
+    assert store.get_record("alice") == record("alice", 3)
+
+
+def test_publish_for_unknown_user(store):
+    with pytest.raises(UnknownUser):
+        store.publish_record(record("ghost", 1))
+    assert store.get_record("ghost") is None
+
+
+# -- store_messages -----------------------------------------------------------------------------
+
+
+def test_store_batch_with_mixed_results(store, db_path):
+    add_users(store, "alice", "bob", "carol")
+    original = msg(client_message_id="c-1", store_time=T0, expire_time=T0 + 60)
+    first = store.store_messages([original], ROOMY)
+    assert first == [SendReceipt(original.message_id, T0, T0 + 60, duplicate=False)]
+
+    new = msg(recipient="carol", envelope=b"hello carol", expire_time=None)
+    retry = msg(client_message_id="c-1", store_time=T0 + 5, expire_time=T0 + 65)  # same digest, new id/time
+    reused = msg(client_message_id="c-1", envelope=b"something else")
+    nobody = msg(recipient="nobody")
+    results = store.store_messages([new, retry, reused, nobody], ROOMY)
+
+    assert results[0] == SendReceipt(new.message_id, new.store_time, None, duplicate=False)
+    assert results[1] == SendReceipt(original.message_id, T0, T0 + 60, duplicate=True)
+    assert isinstance(results[2], ClientMessageIdReused)
+    assert isinstance(results[3], UnknownUser)
+
+    # Only the two new messages were written.
+    assert message_rows(db_path) == 2
+    assert sent_rows(db_path) == 2
+    assert pending_ids(store, "bob") == [original.message_id]
+    assert pending_ids(store, "carol") == [new.message_id]
+    assert store.mailbox_usage("bob") == (1, len(original.envelope))
+    assert store.mailbox_usage("carol") == (1, len(b"hello carol"))
+
+
+def test_empty_batch(store):
+    assert store.store_messages([], ROOMY) == []
+
+
+def test_client_message_ids_are_per_sender(store):
+    add_users(store, "alice", "bob", "carol")
+    a = msg(sender="alice", client_message_id="same")
+    c = msg(sender="carol", client_message_id="same", envelope=b"other")
+    results = store.store_messages([a, c], ROOMY)
+    assert [r.duplicate for r in results] == [False, False]
+    assert [r.message_id for r in results] == [a.message_id, c.message_id]
+
+
+def test_mailbox_full_by_count(store, db_path):
+    add_users(store, "alice", "bob", "carol")
+    limits = MailboxLimits(max_messages=3, max_bytes=1_000_000)
+    batch = [msg() for _ in range(4)] + [msg(recipient="carol")]
+    results = store.store_messages(batch, limits)
+    assert [type(r) for r in results[:3]] == [SendReceipt] * 3
+    assert isinstance(results[3], MailboxFull) and results[3].limit == "messages"
+    assert isinstance(results[4], SendReceipt)  # another mailbox is not affected
+    assert store.mailbox_usage("bob") == (3, 3 * len(b"sealed envelope"))
+    assert message_rows(db_path) == 4
+    assert sent_rows(db_path) == 4
+
+    # The refused message left no idempotency record: once there is room, its retry is stored.
+    store.delete_messages("bob", [results[0].message_id])
+    retry = store.store_messages([batch[3]], limits)[0]
+    assert retry == SendReceipt(batch[3].message_id, batch[3].store_time, batch[3].expire_time, duplicate=False)
+    assert store.mailbox_usage("bob") == (3, 3 * len(b"sealed envelope"))
+
+
+def test_mailbox_full_by_bytes(store, db_path):
+    add_users(store, "alice", "bob")
+    limits = MailboxLimits(max_messages=100, max_bytes=100)
+    results = store.store_messages(
+        [msg(envelope=b"x" * 60), msg(envelope=b"y" * 41), msg(envelope=b"z" * 40), msg(envelope=b"w")],
+        limits,
+    )
+    assert isinstance(results[0], SendReceipt)
+    assert isinstance(results[1], MailboxFull) and results[1].limit == "bytes"
+    assert isinstance(results[2], SendReceipt)  # exactly reaching the limit is allowed
+    assert isinstance(results[3], MailboxFull) and results[3].limit == "bytes"
+    assert store.mailbox_usage("bob") == (2, 100)
+    assert message_rows(db_path) == 2
+    assert [m.envelope for m in store.pending_messages("bob", 0, T0, 10)] == [b"x" * 60, b"z" * 40]
+
+
+def test_envelope_larger_than_the_whole_limit(store):
+    add_users(store, "alice", "bob")
+    result = store.store_messages([msg(envelope=b"x" * 11)], MailboxLimits(max_messages=5, max_bytes=10))[0]
+    assert isinstance(result, MailboxFull) and result.limit == "bytes"
+    assert store.mailbox_usage("bob") == (0, 0)
+
+
+def test_count_limit_is_checked_before_bytes(store):
+    add_users(store, "alice", "bob")
+    limits = MailboxLimits(max_messages=1, max_bytes=10)
+    store.store_messages([msg(envelope=b"12345")], limits)
+    result = store.store_messages([msg(envelope=b"123456")], limits)[0]
+    assert isinstance(result, MailboxFull) and result.limit == "messages"
+
+
+def test_duplicate_within_one_batch(store, db_path):
+    add_users(store, "alice", "bob")
+    first = msg(client_message_id="twice")
+    again = msg(client_message_id="twice", store_time=T0 + 1)
+    changed = msg(client_message_id="twice", envelope=b"changed")
+    results = store.store_messages([first, again, changed], ROOMY)
+    assert results[0] == SendReceipt(first.message_id, first.store_time, first.expire_time, duplicate=False)
+    assert results[1] == SendReceipt(first.message_id, first.store_time, first.expire_time, duplicate=True)
+    assert isinstance(results[2], ClientMessageIdReused)
+    assert message_rows(db_path) == 1
+    assert store.mailbox_usage("bob") == (1, len(first.envelope))
+
+
+def test_duplicate_of_a_duplicate_does_not_need_room(store):
+    """A retry answers from the log, so it succeeds even when the mailbox is full."""
+    add_users(store, "alice", "bob")
+    limits = MailboxLimits(max_messages=1, max_bytes=1000)
+    first = msg(client_message_id="c")
+    store.store_messages([first], limits)
+    assert store.store_messages([msg(client_message_id="c")], limits)[0].duplicate is True
+
+
+def test_duplicate_after_ack(store, db_path):
+    add_users(store, "alice", "bob")
+    first = msg(client_message_id="acked")
+    store.store_messages([first], ROOMY)
+    assert store.delete_messages("bob", [first.message_id]) == 1
+    retry = store.store_messages([msg(client_message_id="acked", store_time=T0 + 30)], ROOMY)[0]
+    assert retry == SendReceipt(first.message_id, first.store_time, first.expire_time, duplicate=True)
+    assert isinstance(store.store_messages([msg(client_message_id="acked", envelope=b"new")], ROOMY)[0],
+                      ClientMessageIdReused)
+    assert pending_ids(store, "bob") == []
+    assert store.mailbox_usage("bob") == (0, 0)
+    assert message_rows(db_path) == 0
+
+
+def test_transaction_failure_rolls_back_the_whole_batch(store, db_path):
+    """An SQLite error (here a message id stored twice) raises and leaves nothing of the batch."""
+    add_users(store, "alice", "bob")
+    kept = msg()
+    store.store_messages([kept], ROOMY)
+    ok = msg()
+    clash = dataclasses.replace(msg(), message_id=kept.message_id)
+    with pytest.raises(sqlite3.IntegrityError):
+        store.store_messages([ok, clash], ROOMY)
+    assert pending_ids(store, "bob") == [kept.message_id]
+    assert store.mailbox_usage("bob") == (1, len(kept.envelope))
+    assert sent_rows(db_path) == 1
+    # The first message of the failed batch was not logged either: sending it again stores it.
+    assert store.store_messages([ok], ROOMY)[0].duplicate is False
+
+
+# -- pending_messages ---------------------------------------------------------------------------
+
+
+def test_pending_messages_in_order_after_seq_with_limit(store):
+    add_users(store, "alice", "bob", "carol")
+    batch = [msg(envelope=f"m{i}".encode()) for i in range(5)]
+    store.store_messages(batch[:2] + [msg(recipient="carol")], ROOMY)
+    store.store_messages(batch[2:], ROOMY)
+
+    everything = store.pending_messages("bob", 0, T0, 100)
+    assert [m.message_id for m in everything] == [m.message_id for m in batch]
+    seqs = [m.seq for m in everything]
+    assert seqs == sorted(seqs) and len(set(seqs)) == 5
+    first = everything[0]
+    assert (first.sender, first.recipient, first.client_message_id, first.envelope) == (
+        "alice", "bob", batch[0].client_message_id, b"m0",
+    )
+    assert (first.store_time, first.expire_time) == (batch[0].store_time, batch[0].expire_time)
+    assert type(first.envelope) is bytes
+
+    page = store.pending_messages("bob", 0, T0, 2)
+    assert [m.message_id for m in page] == [m.message_id for m in batch[:2]]
+    page = store.pending_messages("bob", page[-1].seq, T0, 2)
+    assert [m.message_id for m in page] == [m.message_id for m in batch[2:4]]
+    page = store.pending_messages("bob", page[-1].seq, T0, 2)
+    assert [m.message_id for m in page] == [batch[4].message_id]
+    assert store.pending_messages("bob", page[-1].seq, T0, 2) == []
+    assert store.pending_messages("nobody", 0, T0, 10) == []
+
+
+def test_pending_messages_hide_expired(store):
+    add_users(store, "alice", "bob")
+    forever = msg(expire_time=None)
+    soon = msg(expire_time=T0 + 10)
+    later = msg(expire_time=T0 + 20)
+    store.store_messages([forever, soon, later], ROOMY)
+    assert pending_ids(store, "bob", T0 + 9.999) == [forever.message_id, soon.message_id, later.message_id]
+    assert pending_ids(store, "bob", T0 + 10) == [forever.message_id, later.message_id]  # due at expire_time
+    assert pending_ids(store, "bob", T0 + 1e9) == [forever.message_id]
+    # Hidden is not deleted: they count until delete_expired removes them.
+    assert store.mailbox_usage("bob")[0] == 3
+
+
+def test_seq_is_never_reused(store):
+    add_users(store, "alice", "bob")
+    store.store_messages([msg(), msg()], ROOMY)
+    last = store.pending_messages("bob", 0, T0, 10)[-1]
+    store.delete_messages("bob", pending_ids(store, "bob"))
+    store.store_messages([msg()], ROOMY)
+    assert store.pending_messages("bob", 0, T0, 10)[0].seq > last.seq
+
+
+# -- delete_messages ----------------------------------------------------------------------------
+
+
+def test_delete_messages_only_from_the_recipients_mailbox(store):
+    add_users(store, "alice", "bob", "carol")
+    to_bob = [msg(envelope=b"b" * (i + 1)) for i in range(3)]
+    to_carol = msg(recipient="carol", envelope=b"c" * 7)
+    store.store_messages(to_bob + [to_carol], ROOMY)
+
+    # carol cannot acknowledge bob's messages.
+    assert store.delete_messages("carol", [to_bob[0].message_id]) == 0
+    assert store.mailbox_usage("bob") == (3, 6)
+    assert store.mailbox_usage("carol") == (1, 7)
+
+    deleted = store.delete_messages(
+        "bob", [to_bob[0].message_id, to_bob[2].message_id, to_carol.message_id, "unknown", to_bob[0].message_id]
+    )
+    assert deleted == 2
+    assert pending_ids(store, "bob") == [to_bob[1].message_id]
+    assert pending_ids(store, "carol") == [to_carol.message_id]
+    assert store.mailbox_usage("bob") == (1, 2)
+    assert store.mailbox_usage("carol") == (1, 7)
+
+    assert store.delete_messages("bob", [to_bob[0].message_id]) == 0  # already acknowledged
+    assert store.delete_messages("bob", []) == 0
+    assert store.mailbox_usage("bob") == (1, 2)
+
+
+def test_delete_a_thousand_ids(store):
+    add_users(store, "alice", "bob")
+    batch = [msg(envelope=b"x" * 3) for _ in range(1100)]
+    store.store_messages(batch, ROOMY)
+    ids = [m.message_id for m in batch[:990]] + [f"missing-{i}" for i in range(10)]
+    assert store.delete_messages("bob", ids) == 990
+    assert store.mailbox_usage("bob") == (110, 330)
+    assert pending_ids(store, "bob") == [m.message_id for m in batch[990:]]
+
+
+# -- delete_expired -----------------------------------------------------------------------------
+
+
+def test_delete_expired_removes_due_messages_and_fixes_counters(store, db_path):
+    add_users(store, "alice", "bob", "carol")
+    store.store_messages(
+        [
+            msg(envelope=b"1", expire_time=T0 + 10),
+            msg(envelope=b"22", expire_time=T0 + 20),
+            msg(envelope=b"333", expire_time=None),
+            msg(recipient="carol", envelope=b"4444", expire_time=T0 + 15),
+            msg(recipient="carol", envelope=b"55555", expire_time=T0 + 100),
+        ],
+        ROOMY,
+    )
+    assert store.delete_expired(T0 + 5) == 0
+    assert store.delete_expired(T0 + 20) == 3  # the due time itself counts as expired
+    assert store.mailbox_usage("bob") == (1, 3)
+    assert store.mailbox_usage("carol") == (1, 5)
+    assert [m.envelope for m in store.pending_messages("bob", 0, T0, 10)] == [b"333"]
+    assert [m.envelope for m in store.pending_messages("carol", 0, T0, 10)] == [b"55555"]
+    assert message_rows(db_path) == 2
+    assert store.delete_expired(T0 + 1e9) == 1  # the one without expire_time stays forever
+    assert store.mailbox_usage("bob") == (1, 3)
+    assert store.mailbox_usage("carol") == (0, 0)
+
+
+def test_delete_expired_honours_limit_soonest_first(store):
+    add_users(store, "alice", "bob")
+    batch = [msg(envelope=b"e", expire_time=T0 + 10 - i) for i in range(5)]
+    store.store_messages(batch, ROOMY)
+    assert store.delete_expired(T0 + 100, limit=2) == 2
+    assert set(pending_ids(store, "bob")) == {m.message_id for m in batch[:3]}
+    assert store.mailbox_usage("bob") == (3, 3)
+    assert store.delete_expired(T0 + 100, limit=2) == 2
+    assert store.delete_expired(T0 + 100, limit=2) == 1
+    assert store.delete_expired(T0 + 100, limit=2) == 0
+    assert store.mailbox_usage("bob") == (0, 0)
+
+
+def test_idempotency_record_outlives_the_message_until_forget_time(store, db_path):
+    add_users(store, "alice", "bob")
+    first = msg(client_message_id="c", expire_time=T0 + 10, forget_time=T0 + 50)
+    store.store_messages([first], ROOMY)
+
+    assert store.delete_expired(T0 + 10) == 1
+    # Expired and deleted, but the sender's retry is still recognised.
+    retry = store.store_messages([msg(client_message_id="c", expire_time=T0 + 10, forget_time=T0 + 50)], ROOMY)[0]
+    assert retry.duplicate and retry.message_id == first.message_id
+    assert message_rows(db_path) == 0
+    assert sent_rows(db_path) == 1
+
+    assert store.delete_expired(T0 + 49.9) == 0
+    assert sent_rows(db_path) == 1
+    assert store.delete_expired(T0 + 50) == 0
+    assert sent_rows(db_path) == 0
+
+    # Forgotten: the same client message id now stores a new message (even with other content).
+    anew = msg(client_message_id="c", envelope=b"fresh", store_time=T0 + 60, expire_time=T0 + 70)
+    result = store.store_messages([anew], ROOMY)[0]
+    assert result == SendReceipt(anew.message_id, T0 + 60, T0 + 70, duplicate=False)
+    assert pending_ids(store, "bob", T0 + 60) == [anew.message_id]
+
+
+# -- concurrency and durability -----------------------------------------------------------------
+
+
+def test_concurrent_senders_store_each_message_exactly_once(store, db_path):
+    """4 threads x 50 messages, each also racing to send one shared client id: every message lands
+    once, retries are duplicates, and the counters match the mailbox."""
+    add_users(store, "bob", *(f"sender-{n}" for n in range(4)))
+    shared = {n: msg(sender="racer", client_message_id="shared", envelope=b"same") for n in range(4)}
+    add_users(store, "racer")
+    results: dict[int, list] = {}
+    errors: list[BaseException] = []
+    start = threading.Barrier(4)
+
+    def send(n: int) -> None:
+        try:
+            mine = [msg(sender=f"sender-{n}", envelope=b"m" * (n + 1)) for _ in range(50)]
+            start.wait()
+            out = []
+            for i in range(0, 50, 5):
+                out += store.store_messages(mine[i : i + 5], ROOMY)
+                if i == 20:
+                    out += store.store_messages([shared[n]], ROOMY)
+            # Each thread retries its first batch: all duplicates now.
+            out += store.store_messages(mine[:5], ROOMY)
+            results[n] = (mine, out)
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=send, args=(n,)) for n in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+
+    stored_ids = []
+    for n, (mine, out) in results.items():
+        own = [r for r in out if r.message_id in {m.message_id for m in mine}]
+        assert len(own) == 55
+        assert all(not r.duplicate for r in own[:50]) and all(r.duplicate for r in own[50:])
+        stored_ids += [m.message_id for m in mine]
+    shared_ids = {m.message_id for m in shared.values()}
+    shared_receipts = [r for _, out in results.values() for r in out if r.message_id in shared_ids]
+    assert len(shared_receipts) == 4
+    assert sum(not r.duplicate for r in shared_receipts) == 1
+    assert len({r.message_id for r in shared_receipts}) == 1
+
+    pending = store.pending_messages("bob", 0, T0, 1000)
+    assert len(pending) == 201
+    assert len({m.seq for m in pending}) == 201
+    assert set(stored_ids) | {shared_receipts[0].message_id} == {m.message_id for m in pending}
+    assert store.mailbox_usage("bob") == (201, sum(len(m.envelope) for m in pending))
+    assert message_rows(db_path) == 201
+
+
+def test_committed_batches_survive_close_and_reopen(db_path):
+    store = SqliteRelayStore(db_path)
+    add_users(store, "alice", "bob")
+    batches = [[msg(envelope=f"{b}-{i}".encode()) for i in range(3)] for b in range(3)]
+    for batch in batches:
+        store.store_messages(batch, ROOMY)
+    store.delete_messages("bob", [batches[0][0].message_id])
+    store.close()
+
+    again = SqliteRelayStore(db_path)
+    try:
+        expected = [m.message_id for batch in batches for m in batch][1:]
+        assert pending_ids(again, "bob") == expected
+        assert again.mailbox_usage("bob") == (8, 8 * 3)
+        # The idempotency log survived too, including the acknowledged message's entry.
+        acked = batches[0][0]
+        retry = dataclasses.replace(acked, message_id="other")
+        assert again.store_messages([retry], ROOMY)[0] == SendReceipt(
+            acked.message_id, acked.store_time, acked.expire_time, duplicate=True
+        )
+    finally:
+        again.close()
