@@ -20,6 +20,8 @@ from client_sdk.credentials import (
     write_profile,
 )
 from client_sdk.kms_client import KmsClient
+from client_sdk.relay_client import RelayClient, Subscription
+from client_sdk.relay_types import DirectoryRecord, RelayAccount, RelayMessage, SendReceipt
 from client_sdk.types import (
     AccessPoint,
     AccessPointPage,
@@ -39,6 +41,7 @@ from client_sdk.types import (
 )
 from foundation.errors import (
     AccessPointNotFoundError,
+    AccountExistsError,
     AliasExistsError,
     AliasNotFoundError,
     AlreadyExistsError,
@@ -49,6 +52,7 @@ from foundation.errors import (
     CredentialNotFoundError,
     CredentialRevokedError,
     DeadlineExceededError,
+    EnvelopeTooLargeError,
     FailedPreconditionError,
     HsmUnavailableError,
     InstanceExistsError,
@@ -56,6 +60,7 @@ from foundation.errors import (
     InternalError,
     InvalidArgumentError,
     InvalidEncryptionContextError,
+    InvalidUserIdError,
     KeyDisabledError,
     KeyExistsError,
     KeyNotFoundError,
@@ -63,6 +68,7 @@ from foundation.errors import (
     KeyrelayError,
     KeyStateConflictError,
     KeyVersionRetiredError,
+    MailboxFullError,
     MalformedCiphertextError,
     NetworkNotAllowedError,
     NodeNotReadyError,
@@ -70,11 +76,13 @@ from foundation.errors import (
     PayloadTooLargeError,
     PermissionDeniedError,
     PrivateEndpointRequiredError,
+    RecordVersionNotNewerError,
     ResourceExhaustedError,
     RevisionConflictError,
     SealedRecordMismatchError,
     UnauthenticatedError,
     UnavailableError,
+    UserNotFoundError,
 )
 
 __all__ = [name for name in dir() if not name.startswith("_")]

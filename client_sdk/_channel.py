@@ -138,12 +138,20 @@ class ServiceClient:
     def __exit__(self, *exc_info) -> None:
         self.close()
 
-    def _call(self, method: str, request, timeout: float | None):
+    def _metadata(self) -> list[tuple[str, str]]:
+        """Metadata of one call: a fresh request id and the tenant, if any. Subclasses may add to it."""
         metadata = [(REQUEST_ID_METADATA_KEY, uuid.uuid4().hex)]
         if self._tenant:
             metadata.append((TENANT_METADATA_KEY, self._tenant))
+        return metadata
+
+    def _call(self, method: str, request, timeout: float | None, *, stub=None, metadata=None):
+        """Call `method` of `stub` (default: the client's stub) with `metadata` (default:
+        `self._metadata()`), mapping a failure to its keyrelay exception."""
+        if metadata is None:
+            metadata = self._metadata()
         try:
-            return getattr(self._stub, method)(
+            return getattr(self._stub if stub is None else stub, method)(
                 request, timeout=self._timeout if timeout is None else timeout, metadata=metadata
             )
         except grpc.RpcError as exc:
