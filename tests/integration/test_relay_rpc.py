@@ -400,3 +400,21 @@ async def test_relay_over_tls_serves_clients_without_certificates(tmp_path):
     finally:
         await relay.channel.close()
         await relay.server.stop(0)
+
+
+async def test_reflection_and_health_list_the_relay_services(relay):
+    from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+    stub = reflection_pb2_grpc.ServerReflectionStub(relay.channel)
+    responses = stub.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]))
+    names = set()
+    async for response in responses:
+        names |= {s.name for s in response.list_services_response.service}
+        break
+    assert names == {
+        "keyrelay.v1.RelayService", "keyrelay.v1.DirectoryService", "grpc.health.v1.Health",
+        "grpc.reflection.v1alpha.ServerReflection",
+    }
+    for service in ("keyrelay.v1.RelayService", "keyrelay.v1.DirectoryService"):
+        status = (await relay.health.Check(health_pb2.HealthCheckRequest(service=service))).status
+        assert status == health_pb2.HealthCheckResponse.SERVING
