@@ -37,6 +37,9 @@ class SqliteDatabase:
         self._local = threading.local()
         self._all: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
+        # Writers of this process queue here: SQLite's own busy handler would make a second writer
+        # sleep in growing steps (up to 100 ms) instead of waking when the first one commits.
+        self._write_lock = threading.Lock()
         self._closed = False
         self._migrate()
 
@@ -59,14 +62,15 @@ class SqliteDatabase:
         """Run `fn(conn)` in one BEGIN IMMEDIATE transaction: committed if it returns, rolled back
         if it raises."""
         conn = self.conn()
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            result = fn(conn)
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-        conn.execute("COMMIT")
-        return result
+        with self._write_lock:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                result = fn(conn)
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+            return result
 
     def _migrate(self) -> None:
         table = self._version_table
