@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PROTO_FILES := $(wildcard protos/keyrelay/v1/*.proto)
 
-.PHONY: setup system-deps venv protos check-protos lint-protos test test-unit test-integration test-e2e demo bench bench-node bench-gateway clean
+.PHONY: setup system-deps venv protos check-protos lint-protos test test-unit test-integration test-e2e demo bench bench-node bench-gateway bench-relay clean
 
 setup: system-deps venv
 
@@ -65,13 +65,16 @@ test-e2e: setup
 demo: setup
 	$(PY) scripts/demo.py
 
-bench: bench-node bench-gateway
+bench: bench-node bench-gateway bench-relay
 
 bench-node: setup
 	$(PY) bench/bench_node.py
 
 bench-gateway: setup
 	$(PY) bench/bench_gateway.py
+
+bench-relay: setup
+	$(PY) bench/bench_relay.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info
