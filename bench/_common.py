@@ -55,10 +55,12 @@ class Cell:
 CELL_HEADINGS = f"{'ops/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'errors':>6}"
 
 
-def parse_flags(parser: argparse.ArgumentParser) -> tuple[argparse.Namespace, list[int]]:
+def parse_flags(
+    parser: argparse.ArgumentParser, default: str = "1,8,32", what: str = "in-flight calls"
+) -> tuple[argparse.Namespace, list[int]]:
     """Add --seconds and --concurrency to `parser`, parse, and check them: (args, concurrencies)."""
     parser.add_argument("--seconds", type=float, default=3.0, help="measured seconds per cell (default 3)")
-    parser.add_argument("--concurrency", default="1,8,32", help="comma-separated in-flight calls (default 1,8,32)")
+    parser.add_argument("--concurrency", default=default, help=f"comma-separated {what} (default {default})")
     args = parser.parse_args()
     try:
         concurrencies = [int(c) for c in args.concurrency.split(",") if c.strip()]

@@ -40,7 +40,7 @@ from pathlib import Path
 
 import grpc
 
-from _common import CALL_TIMEOUT, WARMUP_SECONDS, Cell, header
+from _common import CALL_TIMEOUT, WARMUP_SECONDS, Cell, header, parse_flags
 from keyrelay.v1 import relay_pb2, relay_pb2_grpc
 from kms_node import devsetup
 
@@ -423,16 +423,7 @@ def relay_failure(exc: Exception, log_path: Path) -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--seconds", type=float, default=3.0, help="measured seconds per cell (default 3)")
-    parser.add_argument("--concurrency", default=DEFAULT_CONCURRENCY,
-                        help=f"comma-separated numbers of concurrent senders (default {DEFAULT_CONCURRENCY})")
-    args = parser.parse_args()
-    try:
-        concurrencies = [int(c) for c in args.concurrency.split(",") if c.strip()]
-    except ValueError:
-        concurrencies = []
-    if not concurrencies or min(concurrencies) < 1 or args.seconds <= 0:
-        parser.error("--concurrency needs positive integers and --seconds a positive number")
+    args, concurrencies = parse_flags(parser, DEFAULT_CONCURRENCY, "numbers of concurrent senders")
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, _interrupt)
 
