@@ -10,9 +10,13 @@ certificate, its private key and the KMS CA) to use::
     timeout = 10
     [private_endpoints]
     dev-dedicated = "127.0.0.1:7202"
+    [relay]                     # the messaging relay (optional)
+    endpoint = "127.0.0.1:7301"
+    ca = "relay-ca.crt"         # the CA of the relay's server certificate; without it, plain text
 
 Without `ca`, `cert` and `key` the connection is plain text (a development node); `tenant` then
-names the tenant to act as. `load_profile()` with no path reads `$KEYRELAY_PROFILE`, else
+names the tenant to act as. The relay authenticates with device tokens, kept by the messaging
+client in its own encrypted device file, never in a profile. `load_profile()` with no path reads `$KEYRELAY_PROFILE`, else
 `.keyrelay/profile.toml` in the current directory (what `keyrelay dev up` writes).
 """
 
@@ -35,7 +39,8 @@ PROFILE_ENV = "KEYRELAY_PROFILE"
 DEFAULT_PROFILE_PATH = Path(".keyrelay") / "profile.toml"
 DEFAULT_TIMEOUT = 10.0
 
-_KNOWN_KEYS = ("endpoint", "ca", "cert", "key", "tenant", "timeout", "private_endpoints")
+_KNOWN_KEYS = ("endpoint", "ca", "cert", "key", "tenant", "timeout", "private_endpoints", "relay")
+_RELAY_KEYS = ("endpoint", "ca")
 _BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
 
 
@@ -94,6 +99,8 @@ class Profile:
         timeout: default per-call deadline, seconds.
         private_endpoints: instance id -> host:port of its private endpoint.
         path: the file the profile was loaded from, if any.
+        relay_endpoint: host:port of the messaging relay, if the profile names one.
+        relay_credentials: the CA to trust for the relay's TLS; None means plain text.
     """
 
     endpoint: str
@@ -102,6 +109,8 @@ class Profile:
     timeout: float = DEFAULT_TIMEOUT
     private_endpoints: dict[str, str] = field(default_factory=dict)
     path: Path | None = None
+    relay_endpoint: str | None = None
+    relay_credentials: CredentialBundle | None = None
 
 
 def default_profile_path() -> Path:
@@ -158,6 +167,7 @@ def load_profile(path: str | os.PathLike | None = None) -> Profile:
         raise ProfileError(
             f'the profile {path} has a bad [private_endpoints] table; write one INSTANCE_ID = "HOST:PORT" a line'
         )
+    relay_endpoint, relay_credentials = _relay_section(data.get("relay", {}), path)
     return Profile(
         endpoint=endpoint,
         credentials=credentials,
@@ -165,7 +175,25 @@ def load_profile(path: str | os.PathLike | None = None) -> Profile:
         timeout=float(timeout),
         private_endpoints=dict(private),
         path=path,
+        relay_endpoint=relay_endpoint,
+        relay_credentials=relay_credentials,
     )
+
+
+def _relay_section(section: Any, path: Path) -> tuple[str | None, CredentialBundle | None]:
+    if not isinstance(section, dict) or set(section) - set(_RELAY_KEYS):
+        raise ProfileError(
+            f'the profile {path} has a bad [relay] table; its keys are endpoint = "HOST:PORT" and ca = "FILE"'
+        )
+    endpoint = _string(section, "endpoint", path)
+    ca = _string(section, "ca", path)
+    if ca and not endpoint:
+        raise ProfileError(f'the profile {path} names a relay ca but no relay endpoint: add endpoint = "HOST:PORT"')
+    try:
+        credentials = CredentialBundle.from_files(path.parent / ca) if ca else None
+    except ProfileError as exc:
+        raise ProfileError(f"profile {path} [relay]: {exc}") from None
+    return endpoint or None, credentials
 
 
 def _string(data: Mapping[str, Any], key: str, path: Path) -> str:
@@ -182,6 +210,8 @@ def write_profile(
     cert: str | os.PathLike | None,
     key: str | os.PathLike | None,
     private_endpoints: Mapping[str, str] | None = None,
+    relay_endpoint: str | None = None,
+    relay_ca: str | os.PathLike | None = None,
 ) -> Path:
     """Write a profile file readable by its owner only (0600) and return its path.
 
@@ -202,6 +232,10 @@ def write_profile(
         for instance_id, target in private_endpoints.items():
             name = instance_id if _BARE_KEY.fullmatch(instance_id) else _toml_string(instance_id)
             lines.append(f"{name} = {_toml_string(target)}")
+    if relay_endpoint:
+        lines += ["", "[relay]", f"endpoint = {_toml_string(relay_endpoint)}"]
+        if relay_ca is not None:
+            lines.append(f"ca = {_toml_string(_relative_to(Path(relay_ca), folder))}")
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(f".{path.name}.tmp")
     descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)

@@ -25,6 +25,7 @@ bare `grpc.RpcError`. Arguments the relay would refuse are refused locally, befo
 
 from __future__ import annotations
 
+import os
 import random
 import time
 import uuid
@@ -33,7 +34,7 @@ from typing import Callable, Iterator, Self, Sequence, TypeVar
 import grpc
 
 from client_sdk._channel import ServiceClient, error_from_rpc, optional_datetime, to_datetime
-from client_sdk.credentials import CredentialBundle
+from client_sdk.credentials import CredentialBundle, Profile, ProfileError, load_profile
 from client_sdk.relay_types import DirectoryRecord, RelayAccount, RelayMessage, SendReceipt
 from client_sdk.types import SealedPublicKey
 from foundation.errors import (
@@ -183,9 +184,20 @@ class RelayClient(ServiceClient):
         timeout: float | None = None,
         channel: grpc.Channel | None = None,
         retry_seconds: float = 30.0,
+        profile: str | os.PathLike | Profile | None = None,
     ) -> None:
         if not target and channel is None:
-            raise ValueError("RelayClient needs target= (host:port of the relay) or channel=; it reads no profile")
+            # The relay's endpoint and CA from the profile's [relay] section (the default profile
+            # when none is named); its KMS credential is not used here.
+            profile = profile if isinstance(profile, Profile) else load_profile(profile)
+            if not profile.relay_endpoint:
+                raise ProfileError(
+                    f"the profile {profile.path} has no [relay] section: add endpoint = \"HOST:PORT\" under [relay], "
+                    "or pass target="
+                )
+            target = profile.relay_endpoint
+            credentials = credentials or profile.relay_credentials
+            timeout = timeout if timeout is not None else profile.timeout
         if retry_seconds < 0:
             raise ValueError(f"retry_seconds must be 0 or more, not {retry_seconds!r}")
         self._token: str | None = None
@@ -197,9 +209,9 @@ class RelayClient(ServiceClient):
         self._directory_stub = directory_pb2_grpc.DirectoryServiceStub(self._channel)
 
     @classmethod
-    def from_profile(cls, path=None) -> Self:
-        """Not available yet: profiles have no relay section. Use `RelayClient(target, ...)`."""
-        raise NotImplementedError("profiles have no relay section yet: use RelayClient(target, credentials=...)")
+    def from_profile(cls, path: str | os.PathLike | None = None, *, device_token: str | None = None) -> Self:
+        """A client for the relay named in the profile's [relay] section (default: the default profile)."""
+        return cls(profile=load_profile(path), device_token=device_token)
 
     def __repr__(self) -> str:
         token = "<set>" if self._token else None

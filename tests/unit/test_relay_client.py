@@ -194,11 +194,19 @@ SEALED = kr.SealedPublicKey("alice", 3, b"sealed-bundle", b"wrapped-dek")
 # -- construction, token handling ---------------------------------------------------------------
 
 
-def test_needs_a_target_or_a_channel_and_reads_no_profile(monkeypatch, tmp_path):
-    monkeypatch.setenv("KEYRELAY_PROFILE", str(tmp_path / "missing.toml"))  # would raise ProfileError
-    with pytest.raises(ValueError, match="target=.*channel="):
+def test_without_a_target_the_relay_comes_from_the_profile(monkeypatch, tmp_path):
+    monkeypatch.setenv("KEYRELAY_PROFILE", str(tmp_path / "missing.toml"))
+    with pytest.raises(kr.ProfileError, match="no profile at"):
         kr.RelayClient()
-    client = kr.RelayClient("127.0.0.1:1")  # a lazy channel: nothing is dialled
+    kms_only = kr.write_profile(tmp_path / "kms.toml", "127.0.0.1:7443", None, None, None)
+    with pytest.raises(kr.ProfileError, match=r"no \[relay\] section"):
+        kr.RelayClient(profile=kms_only)
+    both = kr.write_profile(tmp_path / "both.toml", "127.0.0.1:7443", None, None, None, relay_endpoint="127.0.0.1:7301")
+    monkeypatch.setenv("KEYRELAY_PROFILE", str(both))
+    for client in (kr.RelayClient(), kr.RelayClient.from_profile(both, device_token=TOKEN)):
+        assert client.endpoint == "127.0.0.1:7301"  # a lazy channel: nothing is dialled
+        client.close()
+    client = kr.RelayClient("127.0.0.1:1")
     assert client.endpoint == "127.0.0.1:1" and client.profile is None
     client.close()
 

@@ -235,3 +235,29 @@ def test_client_with_credentials_opens_a_tls_channel(credential_dir, pems):
         assert kms._credentials is bundle
     with pytest.raises(ProfileError, match="not usable"):
         kr.KmsClient("127.0.0.1:7443", credentials=CredentialBundle(b"not a certificate"))
+
+
+def test_relay_section_names_the_relay_and_its_ca(credential_dir, pems):
+    path = write_profile(
+        credential_dir / "profile.toml", "127.0.0.1:7443", credential_dir / "ca.crt", None, None,
+        relay_endpoint="127.0.0.1:7301", relay_ca=credential_dir / "ca.crt",
+    )
+    assert '[relay]\nendpoint = "127.0.0.1:7301"\nca = "ca.crt"' in path.read_text()
+    profile = load_profile(path)
+    assert profile.relay_endpoint == "127.0.0.1:7301"
+    assert profile.relay_credentials.ca_cert == pems[0] and profile.relay_credentials.client_cert is None
+    assert load_profile(write(credential_dir / "plain.toml", 'endpoint = "h:1"\n[relay]\nendpoint = "h:2"\n')).relay_credentials is None
+
+
+@pytest.mark.parametrize(
+    "relay, expected",
+    [
+        ('token = "krt_x"', r"bad \[relay\] table"),
+        ('ca = "ca.crt"', "no relay endpoint"),
+        ('endpoint = "h:2"\nca = "missing.crt"', "missing.crt"),
+    ],
+)
+def test_bad_relay_sections_are_explained(credential_dir, relay, expected):
+    path = write(credential_dir / "profile.toml", f'endpoint = "h:1"\n[relay]\n{relay}\n')
+    with pytest.raises(ProfileError, match=expected):
+        load_profile(path)
