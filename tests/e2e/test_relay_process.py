@@ -9,7 +9,6 @@ import sqlite3
 import threading
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives import hpke, serialization
@@ -18,42 +17,13 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X
 
 from client_sdk import KmsClient, RelayClient
 from keyrelay.v1 import messaging_pb2
-from kms_node import devsetup
+from relay.devsetup import RelayProcess
 
 pytestmark = pytest.mark.e2e
 
 SENDERS = ("sender-1", "sender-2", "sender-3")
 TOTAL = 1000
 KILL_AFTER = (200, 600)  # SIGKILL the relay once this many Sends have returned
-
-
-class RelayProcess:
-    """`keyrelay relay` on a port of its own, with its store and log in `root`."""
-
-    def __init__(self, root: Path, extra: str = "") -> None:
-        self.root = root
-        self.db = root / "relay.db"
-        self.log = root / "relay.log"
-        self.port = devsetup.free_port()
-        self.config = root / "relay.toml"
-        self.config.write_text(
-            f'listen = "127.0.0.1:{self.port}"\nshutdown_grace_seconds = 5\n{extra}\n'
-            f'[store]\npath = "{self.db}"\n'
-            "[rate_limit]\nrequests_per_second = 0\naccount_creations_per_minute = 0\n"
-        )
-        self.process = devsetup.NodeProcess(self.config, devsetup.dev_environment(root / "unused.conf"), self.log,
-                                            self.port, command="relay")
-
-    @property
-    def target(self) -> str:
-        return self.process.target
-
-    def start(self) -> "RelayProcess":
-        self.process.start(timeout=60)
-        return self
-
-    def client(self, token: str | None = None) -> RelayClient:
-        return RelayClient(self.target, device_token=token, timeout=5, retry_seconds=90)
 
 
 @pytest.fixture
@@ -216,7 +186,6 @@ def _forms(secret: bytes) -> list[bytes]:
 
 def test_relay_holds_neither_plaintext_nor_public_keys_after_an_exchange(tmp_path, dev_pool):
     node = dev_pool.start()
-    (tmp_path / "relay").mkdir()
     relay = RelayProcess(tmp_path / "relay", extra='log_level = "debug"').start()
     plaintext = b"the quarterly numbers are in the blue folder, 7f3a9c"
     try:
