@@ -40,11 +40,17 @@ def status_code(number: int) -> grpc.StatusCode:
 _HANDSHAKE_MARKERS = ("handshake", "ssl", "certificate", "socket closed")
 
 
+def refused_by_tls(exc: grpc.RpcError) -> bool:
+    """Whether a call failed because TLS refused the connection (retrying will not help)."""
+    details = (exc.details() or "").lower()
+    return exc.code() == grpc.StatusCode.UNAVAILABLE and any(m in details for m in _HANDSHAKE_MARKERS)
+
+
 def error_from_rpc(exc: grpc.RpcError) -> KeyrelayError:
     """The keyrelay exception a failed call stands for."""
     trailers = dict(exc.trailing_metadata() or ())
     details = exc.details() or exc.code().name
-    if exc.code() == grpc.StatusCode.UNAVAILABLE and any(m in details.lower() for m in _HANDSHAKE_MARKERS):
+    if refused_by_tls(exc):
         # The server never saw the call: TLS refused the connection. Say what usually causes it.
         details = (
             f"{details} -- the server closed the connection during TLS set-up: check that the client "
@@ -102,15 +108,20 @@ class ServiceClient:
         self._channel = channel
         self._stub = self._stub_class(channel)
 
-    def _open_channel(self) -> grpc.Channel:
+    #: What opens channels: `grpc` for the synchronous clients, `grpc.aio` for the asyncio ones.
+    _channels: Any = grpc
+
+    def _open_channel(self, target: str | None = None) -> grpc.Channel:
+        """A channel to `target` (default: the client's endpoint) with the client's credential."""
+        target = target or self._endpoint
         if self._credentials is None:
-            return grpc.insecure_channel(self._endpoint)
+            return self._channels.insecure_channel(target)
         bundle = self._credentials
         try:
             credentials = channel_credentials_from_pem(bundle.ca_cert, bundle.client_cert, bundle.client_key)
         except ConfigError as exc:
             raise ProfileError(f"the TLS credential is not usable: {exc}") from None
-        return grpc.secure_channel(self._endpoint, credentials)
+        return self._channels.secure_channel(target, credentials)
 
     @classmethod
     def from_profile(cls, path: str | os.PathLike | None = None) -> Self:
@@ -138,9 +149,10 @@ class ServiceClient:
     def __exit__(self, *exc_info) -> None:
         self.close()
 
-    def _metadata(self) -> list[tuple[str, str]]:
-        """Metadata of one call: a fresh request id and the tenant, if any. Subclasses may add to it."""
-        metadata = [(REQUEST_ID_METADATA_KEY, uuid.uuid4().hex)]
+    def _metadata(self, request_id: str | None = None) -> list[tuple[str, str]]:
+        """Metadata of one call: the request id (a fresh one unless given: retries reuse theirs)
+        and the tenant, if any. Subclasses may add to it."""
+        metadata = [(REQUEST_ID_METADATA_KEY, request_id or uuid.uuid4().hex)]
         if self._tenant:
             metadata.append((TENANT_METADATA_KEY, self._tenant))
         return metadata

@@ -1,21 +1,38 @@
-"""`KmsClient`: every `KeyManagementService` call as a typed method.
+"""`KmsClient` and `AsyncKmsClient`: every `KeyManagementService` call as a typed method, for
+shared and dedicated keys alike.
 
     from client_sdk import KmsClient, KeyDisabledError
 
-    with KmsClient("127.0.0.1:7101") as kms:
+    with KmsClient() as kms:           # the gateway and private endpoints of .keyrelay/profile.toml
         key = kms.create_key(description="orders", alias="alias/orders")
         blob = kms.encrypt(key.key_id, b"secret", context={"order": "42"}).ciphertext_blob
         assert kms.decrypt(blob, context={"order": "42"}).plaintext == b"secret"
 
-With no target, the client reads the default profile (`.keyrelay/profile.toml`, see
-`client_sdk.credentials`): `KmsClient()` talks to the gateway with the profile's credential.
-Every method takes `timeout` (seconds; default the client's) and raises the keyrelay exception
-the server raised (`client_sdk.KeyNotFoundError`, ...), never a bare `grpc.RpcError`.
+One client for both kinds of key (seed 001 §0004 complains of needing two SDKs). Management
+calls go to the gateway. Cryptography on a key of a dedicated instance goes to that instance's
+private endpoint when the profile names one (`[private_endpoints]`): the client learns a key's
+instance from DescribeKey through the gateway (cached), and reads a ciphertext's key from the
+blob itself. Without private endpoints every call goes to the one target.
+
+Idempotent calls (reads and cryptography) are retried on UNAVAILABLE, with backoff, for as long as
+the call's deadline allows, under one request id; a connection that TLS refused is not retried. Every method takes `timeout` (seconds; default
+the client's) and raises the keyrelay exception the server raised (`client_sdk.KeyNotFoundError`,
+...), never a bare `grpc.RpcError`.
+
+`AsyncKmsClient` has the same methods for asyncio; each returns an awaitable.
 """
 
 from __future__ import annotations
 
-from typing import Iterator, Mapping, Sequence
+import asyncio
+import os
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any, AsyncIterator, Callable, Iterator, Mapping, Sequence
+
+import grpc
 
 from client_sdk._channel import (  # noqa: F401  (error_from_rpc and TENANT_METADATA_KEY: public here)
     TENANT_METADATA_KEY,
@@ -23,9 +40,12 @@ from client_sdk._channel import (  # noqa: F401  (error_from_rpc and TENANT_META
     error_from_rpc,
     iterate_pages,
     optional_datetime,
+    refused_by_tls,
     status_code,
     to_datetime,
 )
+from client_sdk._retry import Backoff
+from client_sdk.credentials import CredentialBundle, Profile
 from client_sdk.types import (
     BatchItem,
     DataKey,
@@ -37,10 +57,15 @@ from client_sdk.types import (
     ReEncryptResult,
     SealedPublicKey,
 )
-from foundation.errors import KeyrelayError, from_status
+from foundation.access_policy import CRYPTO_METHODS
+from foundation.errors import KeyrelayError, MalformedCiphertextError, UnavailableError, from_status
 from keyrelay.v1 import kms_pb2, kms_pb2_grpc
+from kms_node.blob import peek_key_id
 
 _STATE_NAMES = {value: name.removeprefix("KEY_STATE_") for name, value in kms_pb2.KeyState.items()}
+#: How long the client remembers which instance a key lives on.
+INSTANCE_CACHE_SECONDS = 300.0
+_INSTANCE_CACHE_SIZE = 10_000
 
 
 def _metadata(meta: kms_pb2.KeyMetadata) -> KeyMetadata:
@@ -60,24 +85,113 @@ def _metadata(meta: kms_pb2.KeyMetadata) -> KeyMetadata:
     )
 
 
-class KmsClient(ServiceClient):
-    """A synchronous client of `keyrelay.v1.KeyManagementService` (a node, gateway or private endpoint).
+def _key_metadata(response) -> KeyMetadata:
+    return _metadata(response.key_metadata)
 
-    Args:
-        target: host:port of the service; None (with no profile) reads the default profile.
-        tenant: the tenant to act as where the server takes it from metadata (a bare node);
-            behind the gateway the credential decides.
-        timeout: default per-call deadline in seconds (default: the profile's, else 10).
-        channel: an existing channel to use instead of opening one to `target`.
-        credentials: a TLS credential (CA, client certificate and key); None means plain text
-            unless the profile names one.
-        profile: a `Profile`, or the path of a profile file, to take all of the above from;
-            explicit arguments win over it.
 
-    `KmsClient.from_profile(path=None)` is the same as `KmsClient(profile=load_profile(path))`.
+def _batch_error(err) -> KeyrelayError:
+    return from_status(status_code(err.code), err.message, err.reason)
+
+
+def _decrypt_items(response) -> list[BatchItem]:
+    return [
+        BatchItem(None, _batch_error(r.error)) if r.HasField("error")
+        else BatchItem(DecryptResult(r.plaintext, r.key_id, r.key_version), None)
+        for r in response.results
+    ]
+
+
+def _data_key_items(response) -> list[BatchItem]:
+    return [
+        BatchItem(None, _batch_error(r.error)) if r.HasField("error")
+        else BatchItem(DataKey(r.plaintext, r.ciphertext_blob, r.key_id, r.key_version), None)
+        for r in response.results
+    ]
+
+
+@dataclass(frozen=True, slots=True)
+class _Call:
+    """One RPC as the methods describe it: what to send, how to read the answer, where it goes.
+
+    `routes` holds, for a cryptographic call, what names its key: a key id or alias (str) or a
+    ciphertext blob (bytes), one per item for a batch (`items` names the repeated field), so the
+    client can send it to the private endpoint of the key's instance.
     """
 
-    _stub_class = kms_pb2_grpc.KeyManagementServiceStub
+    method: str
+    request: Any
+    convert: Callable[[Any], Any]
+    idempotent: bool = True
+    routes: tuple[str | bytes, ...] = ()
+    items: str = ""
+
+
+class _InstanceCache:
+    """Key id or alias -> the instance the key lives on ('' for the shared KMS), with a TTL."""
+
+    def __init__(self, ttl: float = INSTANCE_CACHE_SECONDS) -> None:
+        self._ttl = ttl
+        self._entries: dict[str, tuple[str, float]] = {}
+        self._lock = threading.Lock()
+
+    def get(self, key: str) -> str | None:
+        with self._lock:
+            entry = self._entries.get(key)
+        if entry is None or entry[1] < time.monotonic():
+            return None
+        return entry[0]
+
+    def put(self, meta: KeyMetadata, *names: str) -> str:
+        expires = time.monotonic() + self._ttl
+        with self._lock:
+            if len(self._entries) >= _INSTANCE_CACHE_SIZE:
+                self._entries.clear()  # crude but bounded; entries are cheap to learn again
+            for name in (meta.key_id, *meta.aliases, *names):
+                self._entries[name] = (meta.instance_id, expires)
+        return meta.instance_id
+
+
+def _route_key(route: str | bytes) -> str | None:
+    """The key id or alias a route names; None for a blob that is not a keyrelay ciphertext (the
+    server will say what is wrong with it)."""
+    if isinstance(route, str):
+        return route
+    try:
+        return peek_key_id(route)
+    except MalformedCiphertextError:
+        return None
+
+
+def _split(call: _Call, instances: Sequence[str]) -> list[tuple[str, _Call, list[int]]]:
+    """A batch call as one call per instance: (instance, call, indices of its items)."""
+    groups: dict[str, list[int]] = {}
+    for index, instance in enumerate(instances):
+        groups.setdefault(instance, []).append(index)
+    if len(groups) <= 1:
+        return [(instances[0] if instances else "", call, list(range(len(instances))))]
+    parts = []
+    for instance, indices in groups.items():
+        request = type(call.request)()
+        source = getattr(call.request, call.items)
+        getattr(request, call.items).extend(source[i] for i in indices)
+        parts.append((instance, _Call(call.method, request, call.convert, call.idempotent), indices))
+    return parts
+
+
+def _merge(parts: Sequence[tuple[list[int], list]], size: int) -> list:
+    merged: list = [None] * size
+    for indices, results in parts:
+        for index, result in zip(indices, results):
+            merged[index] = result
+    return merged
+
+
+class _KmsMethods:
+    """Every KeyManagementService method, described once as a `_Call` and run by the client
+    class's `_run` (synchronously in `KmsClient`, as a coroutine in `AsyncKmsClient`)."""
+
+    def _run(self, call: _Call, timeout: float | None):  # pragma: no cover - provided by the client
+        raise NotImplementedError
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -94,44 +208,48 @@ class KmsClient(ServiceClient):
         request = kms_pb2.CreateKeyRequest(
             description=description, tags=dict(tags or {}), alias=alias, instance_id=instance_id
         )
-        return _metadata(self._call("CreateKey", request, timeout).key_metadata)
+        return self._run(_Call("CreateKey", request, _key_metadata, idempotent=False), timeout)
 
     def describe_key(self, key_id: str, *, timeout: float | None = None) -> KeyMetadata:
         """Describe a key by id or alias."""
-        return _metadata(self._call("DescribeKey", kms_pb2.DescribeKeyRequest(key_id=key_id), timeout).key_metadata)
+        return self._run(_Call("DescribeKey", kms_pb2.DescribeKeyRequest(key_id=key_id), _key_metadata), timeout)
 
     def list_keys(self, *, page_size: int = 0, page_token: str = "", timeout: float | None = None) -> KeyPage:
         """One page of the tenant's keys."""
-        response = self._call("ListKeys", kms_pb2.ListKeysRequest(page_size=page_size, page_token=page_token), timeout)
-        return KeyPage([_metadata(k) for k in response.keys], response.next_page_token)
-
-    def iter_keys(self, *, page_size: int = 0, timeout: float | None = None) -> Iterator[KeyMetadata]:
-        """Every key of the tenant, page by page."""
-        return iterate_pages(self.list_keys, "keys", page_size=page_size, timeout=timeout)
+        return self._run(
+            _Call(
+                "ListKeys",
+                kms_pb2.ListKeysRequest(page_size=page_size, page_token=page_token),
+                lambda r: KeyPage([_metadata(k) for k in r.keys], r.next_page_token),
+            ),
+            timeout,
+        )
 
     def enable_key(self, key_id: str, *, timeout: float | None = None) -> KeyMetadata:
         """Enable a key."""
-        return _metadata(self._call("EnableKey", kms_pb2.EnableKeyRequest(key_id=key_id), timeout).key_metadata)
+        return self._run(_Call("EnableKey", kms_pb2.EnableKeyRequest(key_id=key_id), _key_metadata), timeout)
 
     def disable_key(self, key_id: str, *, timeout: float | None = None) -> KeyMetadata:
         """Disable a key (it refuses cryptography until enabled)."""
-        return _metadata(self._call("DisableKey", kms_pb2.DisableKeyRequest(key_id=key_id), timeout).key_metadata)
+        return self._run(_Call("DisableKey", kms_pb2.DisableKeyRequest(key_id=key_id), _key_metadata), timeout)
 
     def schedule_key_deletion(
         self, key_id: str, *, pending_window_days: int = 0, timeout: float | None = None
     ) -> KeyMetadata:
         """Schedule deletion after 7-30 days (0 = 30)."""
         request = kms_pb2.ScheduleKeyDeletionRequest(key_id=key_id, pending_window_days=pending_window_days)
-        return _metadata(self._call("ScheduleKeyDeletion", request, timeout).key_metadata)
+        return self._run(_Call("ScheduleKeyDeletion", request, _key_metadata, idempotent=False), timeout)
 
     def cancel_key_deletion(self, key_id: str, *, timeout: float | None = None) -> KeyMetadata:
         """Cancel a scheduled deletion (the key becomes DISABLED)."""
         request = kms_pb2.CancelKeyDeletionRequest(key_id=key_id)
-        return _metadata(self._call("CancelKeyDeletion", request, timeout).key_metadata)
+        return self._run(_Call("CancelKeyDeletion", request, _key_metadata, idempotent=False), timeout)
 
     def rotate_key(self, key_id: str, *, timeout: float | None = None) -> KeyMetadata:
-        """Add a new primary version; older versions keep decrypting."""
-        return _metadata(self._call("RotateKey", kms_pb2.RotateKeyRequest(key_id=key_id), timeout).key_metadata)
+        """Add a new primary version; older versions keep decrypting. Not retried: a retry
+        could add two versions."""
+        request = kms_pb2.RotateKeyRequest(key_id=key_id)
+        return self._run(_Call("RotateKey", request, _key_metadata, idempotent=False), timeout)
 
     def update_key(
         self,
@@ -147,16 +265,17 @@ class KmsClient(ServiceClient):
             request.description = description
         if min_decryption_version is not None:
             request.min_decryption_version = min_decryption_version
-        return _metadata(self._call("UpdateKey", request, timeout).key_metadata)
+        return self._run(_Call("UpdateKey", request, _key_metadata), timeout)
 
     def create_alias(self, alias: str, key_id: str, *, timeout: float | None = None) -> KeyMetadata:
         """Point `alias/NAME` at a key."""
         request = kms_pb2.CreateAliasRequest(alias=alias, key_id=key_id)
-        return _metadata(self._call("CreateAlias", request, timeout).key_metadata)
+        return self._run(_Call("CreateAlias", request, _key_metadata, idempotent=False), timeout)
 
     def delete_alias(self, alias: str, *, timeout: float | None = None) -> str:
         """Delete an alias; returns the key id it pointed to."""
-        return self._call("DeleteAlias", kms_pb2.DeleteAliasRequest(alias=alias), timeout).key_id
+        request = kms_pb2.DeleteAliasRequest(alias=alias)
+        return self._run(_Call("DeleteAlias", request, lambda r: r.key_id, idempotent=False), timeout)
 
     # -- cryptography -----------------------------------------------------------------------
 
@@ -165,8 +284,10 @@ class KmsClient(ServiceClient):
     ) -> EncryptResult:
         """Encrypt up to 4096 bytes; `context` must be given again to decrypt."""
         request = kms_pb2.EncryptRequest(key_id=key_id, plaintext=plaintext, encryption_context=dict(context or {}))
-        response = self._call("Encrypt", request, timeout)
-        return EncryptResult(response.ciphertext_blob, response.key_id, response.key_version)
+        return self._run(
+            _Call("Encrypt", request, lambda r: EncryptResult(r.ciphertext_blob, r.key_id, r.key_version), routes=(key_id,)),
+            timeout,
+        )
 
     def decrypt(
         self,
@@ -180,8 +301,10 @@ class KmsClient(ServiceClient):
         request = kms_pb2.DecryptRequest(
             ciphertext_blob=ciphertext_blob, encryption_context=dict(context or {}), key_id=key_id
         )
-        response = self._call("Decrypt", request, timeout)
-        return DecryptResult(response.plaintext, response.key_id, response.key_version)
+        return self._run(
+            _Call("Decrypt", request, lambda r: DecryptResult(r.plaintext, r.key_id, r.key_version), routes=(ciphertext_blob,)),
+            timeout,
+        )
 
     def re_encrypt(
         self,
@@ -192,15 +315,21 @@ class KmsClient(ServiceClient):
         destination_context: Mapping[str, str] | None = None,
         timeout: float | None = None,
     ) -> ReEncryptResult:
-        """Re-encrypt under another key (or the newest version) inside the KMS."""
+        """Re-encrypt under another key (or the newest version) inside the KMS (both keys in one KMS)."""
         request = kms_pb2.ReEncryptRequest(
             ciphertext_blob=ciphertext_blob,
             source_encryption_context=dict(source_context or {}),
             destination_key_id=destination_key_id,
             destination_encryption_context=dict(destination_context or {}),
         )
-        r = self._call("ReEncrypt", request, timeout)
-        return ReEncryptResult(r.ciphertext_blob, r.source_key_id, r.source_key_version, r.key_id, r.key_version)
+        return self._run(
+            _Call(
+                "ReEncrypt", request,
+                lambda r: ReEncryptResult(r.ciphertext_blob, r.source_key_id, r.source_key_version, r.key_id, r.key_version),
+                routes=(ciphertext_blob,),
+            ),
+            timeout,
+        )
 
     def generate_data_key(
         self,
@@ -214,8 +343,11 @@ class KmsClient(ServiceClient):
         request = kms_pb2.GenerateDataKeyRequest(
             key_id=key_id, number_of_bytes=number_of_bytes, encryption_context=dict(context or {})
         )
-        r = self._call("GenerateDataKey", request, timeout)
-        return DataKey(r.plaintext, r.ciphertext_blob, r.key_id, r.key_version)
+        return self._run(
+            _Call("GenerateDataKey", request, lambda r: DataKey(r.plaintext, r.ciphertext_blob, r.key_id, r.key_version),
+                  routes=(key_id,)),
+            timeout,
+        )
 
     def generate_data_key_without_plaintext(
         self,
@@ -229,8 +361,11 @@ class KmsClient(ServiceClient):
         request = kms_pb2.GenerateDataKeyWithoutPlaintextRequest(
             key_id=key_id, number_of_bytes=number_of_bytes, encryption_context=dict(context or {})
         )
-        r = self._call("GenerateDataKeyWithoutPlaintext", request, timeout)
-        return DataKey(b"", r.ciphertext_blob, r.key_id, r.key_version)
+        return self._run(
+            _Call("GenerateDataKeyWithoutPlaintext", request, lambda r: DataKey(b"", r.ciphertext_blob, r.key_id, r.key_version),
+                  routes=(key_id,)),
+            timeout,
+        )
 
     def batch_decrypt(
         self,
@@ -238,18 +373,15 @@ class KmsClient(ServiceClient):
         *,
         timeout: float | None = None,
     ) -> list[BatchItem]:
-        """Decrypt up to 1000 blobs (each a blob or a (blob, context) pair); per-item errors."""
+        """Decrypt up to 1000 blobs (each a blob or a (blob, context) pair); per-item errors.
+        Blobs of keys on different instances are sent to each one and merged in order."""
         request = kms_pb2.BatchDecryptRequest()
+        blobs = []
         for item in items:
             blob, context = (item, {}) if isinstance(item, bytes) else item
             request.items.add(ciphertext_blob=blob, encryption_context=dict(context))
-        results = []
-        for r in self._call("BatchDecrypt", request, timeout).results:
-            if r.HasField("error"):
-                results.append(BatchItem(None, _batch_error(r.error)))
-            else:
-                results.append(BatchItem(DecryptResult(r.plaintext, r.key_id, r.key_version), None))
-        return results
+            blobs.append(blob)
+        return self._run(_Call("BatchDecrypt", request, _decrypt_items, routes=tuple(blobs), items="items"), timeout)
 
     def batch_generate_data_key(
         self,
@@ -259,20 +391,19 @@ class KmsClient(ServiceClient):
     ) -> list[BatchItem]:
         """Generate up to 1000 data keys (each a key id or (key id, bytes, context)); per-item errors."""
         request = kms_pb2.BatchGenerateDataKeyRequest()
+        keys = []
         for item in items:
             key_id, size, context = (item, 32, {}) if isinstance(item, str) else item
             request.items.add(key_id=key_id, number_of_bytes=size, encryption_context=dict(context))
-        results = []
-        for r in self._call("BatchGenerateDataKey", request, timeout).results:
-            if r.HasField("error"):
-                results.append(BatchItem(None, _batch_error(r.error)))
-            else:
-                results.append(BatchItem(DataKey(r.plaintext, r.ciphertext_blob, r.key_id, r.key_version), None))
-        return results
+            keys.append(key_id)
+        return self._run(
+            _Call("BatchGenerateDataKey", request, _data_key_items, routes=tuple(keys), items="items"), timeout
+        )
 
     def generate_random(self, number_of_bytes: int, *, timeout: float | None = None) -> bytes:
         """1-1024 random bytes from the HSM."""
-        return self._call("GenerateRandom", kms_pb2.GenerateRandomRequest(number_of_bytes=number_of_bytes), timeout).random
+        request = kms_pb2.GenerateRandomRequest(number_of_bytes=number_of_bytes)
+        return self._run(_Call("GenerateRandom", request, lambda r: r.random), timeout)
 
     def seal_public_key(
         self, key_id: str, user_id: str, public_key_bundle: bytes, bundle_version: int, *, timeout: float | None = None
@@ -281,8 +412,12 @@ class KmsClient(ServiceClient):
         request = kms_pb2.SealPublicKeyRequest(
             key_id=key_id, user_id=user_id, public_key_bundle=public_key_bundle, bundle_version=bundle_version
         )
-        s = self._call("SealPublicKey", request, timeout).sealed
-        return SealedPublicKey(s.user_id, s.bundle_version, s.sealed_bundle, s.wrapped_dek)
+
+        def convert(response) -> SealedPublicKey:
+            s = response.sealed
+            return SealedPublicKey(s.user_id, s.bundle_version, s.sealed_bundle, s.wrapped_dek)
+
+        return self._run(_Call("SealPublicKey", request, convert, routes=(key_id,)), timeout)
 
     def open_public_key(self, sealed: SealedPublicKey, *, timeout: float | None = None) -> OpenedPublicKey:
         """Open a sealed record; refused (SealedRecordMismatchError) unless it is the named user's."""
@@ -294,9 +429,211 @@ class KmsClient(ServiceClient):
                 wrapped_dek=sealed.wrapped_dek,
             )
         )
-        r = self._call("OpenPublicKey", request, timeout)
-        return OpenedPublicKey(r.public_key_bundle, r.key_id, r.key_version)
+        return self._run(
+            _Call("OpenPublicKey", request, lambda r: OpenedPublicKey(r.public_key_bundle, r.key_id, r.key_version),
+                  routes=(sealed.wrapped_dek,)),
+            timeout,
+        )
 
 
-def _batch_error(err) -> KeyrelayError:
-    return from_status(status_code(err.code), err.message, err.reason)
+class _Routing:
+    """What both clients share: the constructor, the private endpoints of the profile, and which
+    calls go there."""
+
+    def __init__(
+        self,
+        target: str | None = None,
+        *,
+        tenant: str | None = None,
+        timeout: float | None = None,
+        channel: grpc.Channel | None = None,
+        credentials: CredentialBundle | None = None,
+        profile: str | os.PathLike | Profile | None = None,
+        private_endpoints: Mapping[str, str] | None = None,
+    ) -> None:
+        super().__init__(target, tenant=tenant, timeout=timeout, channel=channel, credentials=credentials, profile=profile)
+        self._init_routing(private_endpoints)
+
+    def _init_routing(self, private_endpoints: Mapping[str, str] | None) -> None:
+        profile: Profile | None = self._profile  # type: ignore[attr-defined]
+        endpoints = private_endpoints if private_endpoints is not None else (profile.private_endpoints if profile else {})
+        self._private_endpoints = dict(endpoints)
+        self._private_stubs: dict[str, Any] = {}
+        self._private_channels: list[Any] = []
+        self._instances = _InstanceCache()
+        self._stub_lock = threading.Lock()
+
+    @property
+    def private_endpoints(self) -> dict[str, str]:
+        """Instance id -> host:port of the private endpoints this client sends cryptography to."""
+        return dict(self._private_endpoints)
+
+    def _routes_privately(self, call: _Call) -> bool:
+        return bool(self._private_endpoints) and call.method in CRYPTO_METHODS and bool(call.routes)
+
+    def _known_instance(self, route: str | bytes) -> tuple[str, str | None]:
+        """(key, its instance) when known without asking: from the cache, or '' for a blob that is
+        not a keyrelay ciphertext (the gateway will say what is wrong with it); (key, None) when
+        the gateway must be asked."""
+        key = _route_key(route)
+        if key is None:
+            return "", ""
+        return key, self._instances.get(key)
+
+    def _stub_for(self, instance: str):
+        """The stub of the instance's private endpoint, or of the gateway."""
+        target = self._private_endpoints.get(instance) if instance else None
+        if target is None:
+            return self._stub  # type: ignore[attr-defined]
+        with self._stub_lock:
+            stub = self._private_stubs.get(instance)
+            if stub is None:
+                channel = self._open_channel(target)  # type: ignore[attr-defined]
+                self._private_channels.append(channel)
+                stub = self._private_stubs[instance] = kms_pb2_grpc.KeyManagementServiceStub(channel)
+            return stub
+
+
+class KmsClient(_Routing, _KmsMethods, ServiceClient):
+    """A synchronous client of `keyrelay.v1.KeyManagementService`: the gateway (and the private
+    endpoints of dedicated instances), a node, or one private endpoint.
+
+    Args:
+        target: host:port of the service; None (with no channel) reads the default profile.
+        tenant: the tenant to act as where the server takes it from metadata (a bare node);
+            behind the gateway the credential decides.
+        timeout: default per-call deadline in seconds (default: the profile's, else 10); retries
+            of idempotent calls happen within it.
+        channel: an existing channel to use instead of opening one to `target`.
+        credentials: a TLS credential (CA, client certificate and key); None means plain text
+            unless the profile names one.
+        profile: a `Profile`, or the path of a profile file, to take all of the above from;
+            explicit arguments win over it.
+        private_endpoints: instance id -> host:port; cryptography on a key of that instance goes
+            there (default: the profile's `[private_endpoints]`).
+
+    `KmsClient.from_profile(path=None)` is the same as `KmsClient(profile=load_profile(path))`.
+    """
+
+    _stub_class = kms_pb2_grpc.KeyManagementServiceStub
+
+    def iter_keys(self, *, page_size: int = 0, timeout: float | None = None) -> Iterator[KeyMetadata]:
+        """Every key of the tenant, page by page."""
+        return iterate_pages(self.list_keys, "keys", page_size=page_size, timeout=timeout)
+
+    def close(self) -> None:
+        """Close the channels this client opened."""
+        for channel in self._private_channels:
+            channel.close()
+        super().close()
+
+    def _instance_of(self, route: str | bytes, backoff: Backoff) -> str:
+        key, instance = self._known_instance(route)
+        if instance is not None:
+            return instance
+        try:
+            return self._instances.put(self.describe_key(key, timeout=max(backoff.remaining(), 0.001)), key)
+        except KeyrelayError:
+            return ""  # the gateway answers the call itself, with the error the caller should see
+
+    def _run(self, call: _Call, timeout: float | None):
+        timeout = self._timeout if timeout is None else timeout
+        backoff = Backoff(timeout)
+        if not self._routes_privately(call):
+            return self._attempt(self._stub, call, backoff)
+        instances = [self._instance_of(route, backoff) for route in call.routes]
+        parts = _split(call, instances)
+        if len(parts) == 1:
+            return self._attempt(self._stub_for(parts[0][0]), call, backoff)
+        results = [(indices, self._attempt(self._stub_for(instance), part, backoff)) for instance, part, indices in parts]
+        return _merge(results, len(call.routes))
+
+    def _attempt(self, stub, call: _Call, backoff: Backoff):
+        """Send `call`, retrying an idempotent one on UNAVAILABLE within the deadline (one request id)."""
+        metadata = self._metadata(uuid.uuid4().hex)
+        method = getattr(stub, call.method)
+        while True:
+            try:
+                return call.convert(method(call.request, timeout=max(backoff.remaining(), 0.001), metadata=metadata))
+            except grpc.RpcError as exc:
+                error, retryable = error_from_rpc(exc), call.idempotent and not refused_by_tls(exc)
+            delay = backoff.next_delay() if retryable and isinstance(error, UnavailableError) else None
+            if delay is None:
+                raise error
+            time.sleep(delay)
+
+
+class AsyncKmsClient(_Routing, _KmsMethods, ServiceClient):
+    """`KmsClient` for asyncio: the same constructor and methods, each returning an awaitable.
+
+        async with AsyncKmsClient() as kms:
+            blob = (await kms.encrypt("alias/orders", b"secret")).ciphertext_blob
+
+    Close it with `await client.close()` or `async with`.
+    """
+
+    _stub_class = kms_pb2_grpc.KeyManagementServiceStub
+    _channels = grpc.aio
+
+    async def iter_keys(self, *, page_size: int = 0, timeout: float | None = None) -> AsyncIterator[KeyMetadata]:
+        """Every key of the tenant, page by page."""
+        token = ""
+        while True:
+            page = await self.list_keys(page_size=page_size, page_token=token, timeout=timeout)
+            for key in page.keys:
+                yield key
+            token = page.next_page_token
+            if not token:
+                return
+
+    async def close(self) -> None:
+        """Close the channels this client opened."""
+        for channel in self._private_channels:
+            await channel.close()
+        if self._own_channel:
+            await self._channel.close()
+
+    async def __aenter__(self) -> "AsyncKmsClient":
+        return self
+
+    async def __aexit__(self, *exc_info) -> None:
+        await self.close()
+
+    def __enter__(self):
+        raise TypeError("AsyncKmsClient is used with `async with`; use KmsClient for `with`")
+
+    async def _instance_of(self, route: str | bytes, backoff: Backoff) -> str:
+        key, instance = self._known_instance(route)
+        if instance is not None:
+            return instance
+        try:
+            return self._instances.put(await self.describe_key(key, timeout=max(backoff.remaining(), 0.001)), key)
+        except KeyrelayError:
+            return ""
+
+    async def _run(self, call: _Call, timeout: float | None):
+        timeout = self._timeout if timeout is None else timeout
+        backoff = Backoff(timeout)
+        if not self._routes_privately(call):
+            return await self._attempt(self._stub, call, backoff)
+        instances = [await self._instance_of(route, backoff) for route in call.routes]
+        parts = _split(call, instances)
+        if len(parts) == 1:
+            return await self._attempt(self._stub_for(parts[0][0]), call, backoff)
+        results = await asyncio.gather(
+            *(self._attempt(self._stub_for(instance), part, backoff) for instance, part, _ in parts)
+        )
+        return _merge([(indices, result) for (_, _, indices), result in zip(parts, results)], len(call.routes))
+
+    async def _attempt(self, stub, call: _Call, backoff: Backoff):
+        metadata = self._metadata(uuid.uuid4().hex)
+        method = getattr(stub, call.method)
+        while True:
+            try:
+                return call.convert(await method(call.request, timeout=max(backoff.remaining(), 0.001), metadata=metadata))
+            except grpc.RpcError as exc:
+                error, retryable = error_from_rpc(exc), call.idempotent and not refused_by_tls(exc)
+            delay = backoff.next_delay() if retryable and isinstance(error, UnavailableError) else None
+            if delay is None:
+                raise error
+            await asyncio.sleep(delay)

@@ -7,6 +7,7 @@ as a user's application would.
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 import sqlite3
 import subprocess
@@ -19,8 +20,8 @@ from pathlib import Path
 import grpc
 import pytest
 
-from client_sdk import AdminClient, KmsClient
-from client_sdk.credentials import CredentialBundle
+from client_sdk import AdminClient, AsyncKmsClient, KmsClient
+from client_sdk.credentials import CredentialBundle, write_profile
 from foundation.errors import (
     AliasExistsError,
     AliasNotFoundError,
@@ -35,7 +36,7 @@ from foundation.errors import (
     UnauthenticatedError,
     UnavailableError,
 )
-from foundation.pki import CertificateAuthority, certificate_pem, make_key_and_csr
+from foundation.pki import CertificateAuthority, certificate_pem, make_key_and_csr, write_credential
 from kms_gateway.devcluster import DevCluster
 from kms_node import devsetup
 
@@ -62,6 +63,13 @@ class Tenant:
 
     def kms(self, role: str = "admin", zone: str = "vpc", target: str | None = None) -> KmsClient:
         return KmsClient(target or self.cluster.zone_target(zone), credentials=self.bundles[role], timeout=20)
+
+    def profile(self, name: str, role: str, endpoint: str, private_endpoints: dict[str, str] | None = None) -> Path:
+        """A profile file (and its credential files) as a user of this access point would have."""
+        bundle = self.bundles[role]
+        folder = self.root / name
+        paths = write_credential(folder, role, bundle.client_cert, bundle.client_key, bundle.ca_cert)
+        return write_profile(folder / "profile.toml", endpoint, paths["ca"], paths["cert"], paths["key"], private_endpoints)
 
 
 @pytest.fixture(scope="module")
@@ -169,6 +177,55 @@ def test_another_tenant_cannot_see_or_use_the_keys(acme, globex, keys):
     with globex.kms("crypto-user", target=acme.cluster.private_endpoint) as private:
         with pytest.raises(KeyNotFoundError):
             private.encrypt(dedicated.key_id, b"x")
+
+
+def _crypto_round_trip(kms: KmsClient, key: str) -> None:
+    """What an application does with a key, whichever KMS holds it."""
+    blob = kms.encrypt(key, b"invoice 42", context={"tenant": "acme"}).ciphertext_blob
+    assert kms.decrypt(blob, context={"tenant": "acme"}).plaintext == b"invoice 42"
+    data_key = kms.generate_data_key(key, context={"file": "a.csv"})
+    assert kms.decrypt(data_key.ciphertext_blob, context={"file": "a.csv"}).plaintext == data_key.plaintext
+    [item] = kms.batch_decrypt([(blob, {"tenant": "acme"})])
+    assert item.ok and item.value.plaintext == b"invoice 42"
+
+
+def test_the_same_client_code_runs_on_the_gateway_and_on_a_private_endpoint(cluster, acme, keys):
+    """One SDK for both kinds of key (seed 001 §0004): two profiles, the same code."""
+    shared, dedicated = keys
+    gateway = acme.profile("gateway-profile", "crypto-user", cluster.zone_target("vpc"))
+    private = acme.profile("private-profile", "crypto-user", cluster.private_endpoint)
+    for profile, key in ((gateway, shared.key_id), (private, dedicated.key_id)):
+        with KmsClient(profile=profile) as kms:
+            _crypto_round_trip(kms, key)
+
+
+def test_one_profile_sends_crypto_on_dedicated_keys_to_the_private_endpoint(cluster, acme, keys):
+    shared, dedicated = keys
+    profile = acme.profile(
+        "routing-profile", "crypto-user", cluster.zone_target("vpc"), {INSTANCE: cluster.private_endpoint}
+    )
+    dedicated_port = _metrics_port(cluster.daemons["dedicated"].config)
+    before = _metric(dedicated_port, "Encrypt")
+    with KmsClient(profile=profile) as kms:
+        assert kms.private_endpoints == {INSTANCE: cluster.private_endpoint}
+        for key in (shared.key_id, "alias/payroll"):
+            _crypto_round_trip(kms, key)
+        # Blobs of both kinds of key in one batch: split by instance, merged in order.
+        blobs = [kms.encrypt(k, b"%d" % i).ciphertext_blob for i, k in enumerate([shared.key_id, dedicated.key_id] * 2)]
+        assert [item.value.plaintext for item in kms.batch_decrypt(blobs)] == [b"0", b"1", b"2", b"3"]
+    assert _metric(dedicated_port, "Encrypt") == before + 3  # the dedicated key's encryptions reached the instance
+
+
+async def test_async_client_routes_the_same_way(cluster, acme, keys):
+    shared, dedicated = keys
+    profile = acme.profile(
+        "async-profile", "crypto-user", cluster.zone_target("vpc"), {INSTANCE: cluster.private_endpoint}
+    )
+    async with AsyncKmsClient(profile=profile) as kms:
+        results = await asyncio.gather(*(kms.encrypt(k, b"async") for k in (shared.key_id, dedicated.key_id)))
+        plaintexts = await asyncio.gather(*(kms.decrypt(r.ciphertext_blob) for r in results))
+    assert [p.plaintext for p in plaintexts] == [b"async", b"async"]
+    assert [r.key_id for r in results] == [shared.key_id, dedicated.key_id]
 
 
 def test_claim_3_network_policy_and_private_endpoint(cluster, acme, keys):
