@@ -58,7 +58,13 @@ from client_sdk.types import (
     SealedPublicKey,
 )
 from foundation.access_policy import CRYPTO_METHODS
-from foundation.errors import KeyrelayError, MalformedCiphertextError, UnavailableError, from_status
+from foundation.errors import (
+    DeadlineExceededError,
+    KeyrelayError,
+    MalformedCiphertextError,
+    UnavailableError,
+    from_status,
+)
 from keyrelay.v1 import kms_pb2, kms_pb2_grpc
 from kms_node.blob import peek_key_id
 
@@ -176,6 +182,14 @@ def _split(call: _Call, instances: Sequence[str]) -> list[tuple[str, _Call, list
         getattr(request, call.items).extend(source[i] for i in indices)
         parts.append((instance, _Call(call.method, request, call.convert, call.idempotent), indices))
     return parts
+
+
+def _final_error(error: KeyrelayError, previous: KeyrelayError | None) -> KeyrelayError:
+    """What to raise when retrying stops: a retry cut short by the deadline says only "deadline
+    exceeded", so the UNAVAILABLE that caused the retries is the better answer."""
+    if previous is not None and isinstance(error, DeadlineExceededError):
+        return previous
+    return error
 
 
 def _merge(parts: Sequence[tuple[list[int], list]], size: int) -> list:
@@ -552,6 +566,7 @@ class KmsClient(_Routing, _KmsMethods, ServiceClient):
         """Send `call`, retrying an idempotent one on UNAVAILABLE within the deadline (one request id)."""
         metadata = self._metadata(uuid.uuid4().hex)
         method = getattr(stub, call.method)
+        previous: KeyrelayError | None = None
         while True:
             try:
                 return call.convert(method(call.request, timeout=max(backoff.remaining(), 0.001), metadata=metadata))
@@ -559,7 +574,8 @@ class KmsClient(_Routing, _KmsMethods, ServiceClient):
                 error, retryable = error_from_rpc(exc), call.idempotent and not refused_by_tls(exc)
             delay = backoff.next_delay() if retryable and isinstance(error, UnavailableError) else None
             if delay is None:
-                raise error
+                raise _final_error(error, previous)
+            previous = error
             time.sleep(delay)
 
 
@@ -628,6 +644,7 @@ class AsyncKmsClient(_Routing, _KmsMethods, ServiceClient):
     async def _attempt(self, stub, call: _Call, backoff: Backoff):
         metadata = self._metadata(uuid.uuid4().hex)
         method = getattr(stub, call.method)
+        previous: KeyrelayError | None = None
         while True:
             try:
                 return call.convert(await method(call.request, timeout=max(backoff.remaining(), 0.001), metadata=metadata))
@@ -635,5 +652,6 @@ class AsyncKmsClient(_Routing, _KmsMethods, ServiceClient):
                 error, retryable = error_from_rpc(exc), call.idempotent and not refused_by_tls(exc)
             delay = backoff.next_delay() if retryable and isinstance(error, UnavailableError) else None
             if delay is None:
-                raise error
+                raise _final_error(error, previous)
+            previous = error
             await asyncio.sleep(delay)
