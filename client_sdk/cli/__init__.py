@@ -17,6 +17,7 @@ import argparse
 import sys
 
 from client_sdk.cli import admin_commands, audit_commands, hsm_commands, pki_commands
+from client_sdk.cli import crypto_commands, key_commands
 
 
 def _node(args: argparse.Namespace) -> int:
@@ -76,6 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_relay_arguments(relay)
     relay.set_defaults(func=_relay)
 
+    key_commands.register(commands)
+    crypto_commands.register(commands)
     hsm_commands.register(commands)
     admin_commands.register(commands)
     pki_commands.register(commands)

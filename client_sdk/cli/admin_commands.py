@@ -6,23 +6,19 @@
 
 Every command reads the default profile (`$KEYRELAY_PROFILE`, else `.keyrelay/profile.toml`) unless
 given `--profile FILE`; `--endpoint` overrides its gateway address. `--output json` prints
-machine-readable JSON (datetimes in ISO 8601). A failure prints one line `error: ...` to stderr
-and exits 1.
+machine-readable JSON (datetimes in ISO 8601, bytes in base64; see `client_sdk.cli._output`). A
+failure prints one line `error: ...` to stderr and exits 1.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import json
 import sys
-import textwrap
-from datetime import datetime, timezone
-from pathlib import Path
 from typing import Any, Callable
 
 from client_sdk.admin_client import ROLES, AdminClient
-from client_sdk.credentials import ProfileError, default_profile_path, load_profile
+from client_sdk.cli import _output as output
+from client_sdk.credentials import ProfileError
 from client_sdk.types import AccessPoint, Credential, Instance, IssuedCredential
 from foundation.config import ConfigError
 from foundation.errors import KeyrelayError
@@ -66,42 +62,21 @@ _COLUMNS: dict[type, tuple[tuple[str, str | Callable[[Any], Any]], ...]] = {
 
 # -- output ------------------------------------------------------------------------------------
 
-
-def _text(value: Any, field: str = "") -> str:
-    if isinstance(value, datetime):
-        return value.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%SZ")
-    if isinstance(value, bool):
-        return "yes" if value else "no"
-    if isinstance(value, (tuple, list)):
-        return ", ".join(map(str, value)) if value else _EMPTY.get(field, "-")
-    if value is None or value == "":
-        return "-"
-    return str(value)
-
-
-def _cell(record: Any, column: str | Callable[[Any], Any]) -> str:
-    if callable(column):
-        return _text(column(record))
-    return _text(getattr(record, column), column)
+# Derived JSON fields: a credential's status.
+_DERIVED = {Credential: lambda c: {"status": c.status()}}
 
 
 def format_table(records: list[Any], kind: type) -> str:
     """Records of one type as an aligned table with a header line ('(none)' when empty)."""
-    if not records:
-        return "(none)"
-    columns = _COLUMNS[kind]
-    rows = [[header for header, _ in columns]] + [[_cell(r, column) for _, column in columns] for r in records]
-    widths = [max(len(row[i]) for row in rows) for i in range(len(columns))]
-    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows)
+    return output.format_table(records, _COLUMNS[kind], _EMPTY)
 
 
 def format_record(record: Any) -> str:
     """One record as `field  value` lines (a credential also gets its status)."""
-    items = [(f.name.replace("_", " "), _text(getattr(record, f.name), f.name)) for f in _public_fields(record)]
+    items = output.record_items(record, _EMPTY)
     if isinstance(record, Credential):
         items.insert(2, ("status", record.status()))
-    width = max(len(label) for label, _ in items)
-    return "\n".join(f"{label.ljust(width)}  {value}" for label, value in items)
+    return output.format_fields(items)
 
 
 def format_issued(issued: IssuedCredential) -> str:
@@ -109,7 +84,7 @@ def format_issued(issued: IssuedCredential) -> str:
     c = issued.credential
     lines = [
         f"issued credential {c.serial} to access point {c.access_point_id} "
-        f"(valid until {_text(c.not_after)})"
+        f"(valid until {output.text_value(c.not_after)})"
     ]
     labels = {"cert": "certificate", "key": "private key", "ca": "CA certificate", "profile": "profile"}
     for name, label in labels.items():
@@ -133,44 +108,21 @@ def format_text(value: Any) -> str:
     return format_record(value)
 
 
-def _public_fields(record: Any) -> list[dataclasses.Field]:
-    # Fields hidden from repr (private keys) are hidden from every output too.
-    return [f for f in dataclasses.fields(record) if f.repr]
-
-
 def to_plain(value: Any) -> Any:
-    """A result as JSON-ready data: datetimes in ISO 8601, bytes as text, no hidden fields."""
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        plain = {f.name: to_plain(getattr(value, f.name)) for f in _public_fields(value)}
-        if isinstance(value, Credential):
-            plain["status"] = value.status()
-        return plain
-    if isinstance(value, datetime):
-        return value.isoformat()
-    if isinstance(value, bytes):
-        return value.decode("ascii", "replace")
-    if isinstance(value, Path):
-        return str(value)
-    if isinstance(value, dict):
-        return {str(k): to_plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [to_plain(v) for v in value]
-    return value
+    """A result as JSON-ready data: datetimes in ISO 8601, bytes as base64, no hidden fields."""
+    return output.to_plain(value, _DERIVED)
 
 
 def format_json(value: Any) -> str:
     """The JSON output of a command's result."""
-    return json.dumps(to_plain(value), indent=2, sort_keys=True)
+    return output.format_json(value, _DERIVED)
 
 
 # -- running a command -------------------------------------------------------------------------
 
 
 def _connect(args: argparse.Namespace) -> AdminClient:
-    # With --endpoint and no profile anywhere, talk plain text to that endpoint (a development node).
-    if args.profile or not args.endpoint or default_profile_path().exists():
-        return AdminClient(args.endpoint, profile=load_profile(args.profile))
-    return AdminClient(args.endpoint)
+    return output.connect(AdminClient, args)
 
 
 def _fail(message: str, request_id: str | None = None) -> int:
@@ -212,54 +164,24 @@ def _days(text: str) -> int:
     return days
 
 
-def _common_options() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)
-    group = common.add_argument_group("connection and output")
-    group.add_argument(
-        "--profile", metavar="FILE", help="profile file (default: $KEYRELAY_PROFILE, else .keyrelay/profile.toml)"
-    )
-    group.add_argument(
-        "--endpoint",
-        metavar="HOST:PORT",
-        help="gateway address, overriding the profile's (with no profile at all: plain text, for development)",
-    )
-    group.add_argument("--output", "-o", choices=("text", "json"), default="text", help="output format (default text)")
-    return common
-
-
-def _add_parser(commands, name: str, help: str, example: str, **kwargs: Any) -> argparse.ArgumentParser:
-    """A (sub)command whose --help says what it does and shows an example."""
-    sentence = textwrap.fill(f"{help[0].upper()}{help[1:]}.", 79)
-    return commands.add_parser(
-        name,
-        help=help,
-        description=f"{sentence}\n\nExample:\n  {example}",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        **kwargs,
-    )
-
-
-def _group(commands, name: str, help: str, example: str):
-    parser = _add_parser(commands, name, help, example)
-    return parser.add_subparsers(dest=f"{name.replace('-', '_')}_command", metavar="SUBCOMMAND", required=True)
-
-
 def _command(sub, common, name: str, help: str, example: str, action: Action) -> argparse.ArgumentParser:
-    parser = _add_parser(sub, name, help, example, parents=[common])
+    parser = output.add_command(sub, name, help, example, parents=[common])
     parser.set_defaults(func=_run(action))
     return parser
 
 
 def register(commands) -> None:
     """Add the `instance`, `access-point` and `credential` command groups to the `keyrelay` parser."""
-    common = _common_options()
+    common = output.common_options()
     _register_instance(commands, common)
     _register_access_point(commands, common)
     _register_credential(commands, common)
 
 
 def _register_instance(commands, common) -> None:
-    sub = _group(commands, "instance", "register and inspect dedicated KMS instances", "keyrelay instance list")
+    sub = output.add_group(
+        commands, "instance", "register and inspect dedicated KMS instances", "keyrelay instance list"
+    )
     p = _command(
         sub, common, "register", "register a tenant's dedicated KMS instance with the gateway",
         "keyrelay instance register dev-dedicated --tenant acme --node 127.0.0.1:7211 "
@@ -296,7 +218,7 @@ def _register_instance(commands, common) -> None:
 
 
 def _register_access_point(commands, common) -> None:
-    sub = _group(
+    sub = output.add_group(
         commands, "access-point", "create, inspect and delete access points",
         "keyrelay access-point list --tenant acme",
     )
@@ -348,7 +270,7 @@ def _delete_access_point(admin: AdminClient, args: argparse.Namespace) -> Any:
 
 
 def _register_credential(commands, common) -> None:
-    sub = _group(
+    sub = output.add_group(
         commands, "credential", "issue, list and revoke access-point credentials (client certificates)",
         "keyrelay credential issue ACCESS_POINT_ID --out ./app",
     )
