@@ -41,7 +41,7 @@ from foundation.errors import (
 )
 from foundation.store_workers import StoreWorkers
 from kms_node import blob as blobs
-from kms_node import context as contexts
+from foundation import encryption_context as contexts
 from kms_node.hsm.backend import HsmAuthenticationFailed, HsmBackend, HsmSession, KeyVersionRef
 from kms_node.store.base import (
     AliasTaken,

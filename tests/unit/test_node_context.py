@@ -1,4 +1,4 @@
-"""Unit tests of kms_node/context.py: the encryption context's rules and canonical encoding."""
+"""Unit tests of foundation/encryption_context.py: the encryption context's rules and canonical encoding."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import struct
 import pytest
 
 from foundation.errors import InvalidEncryptionContextError
-from kms_node.context import MAX_KEY_BYTES, MAX_PAIRS, MAX_VALUE_BYTES, encode, validate
+from foundation.encryption_context import MAX_KEY_BYTES, MAX_PAIRS, MAX_VALUE_BYTES, encode, validate
 
 
 def test_encoding_format_is_pinned():

@@ -1,4 +1,5 @@
-"""The encryption context: validation and its canonical encoding, used as AES-GCM AAD.
+"""The encryption context: validation and its canonical encoding, used as AES-GCM AAD by the KMS
+node (data-key wraps) and by the SDK (envelope headers), which must encode it byte for byte alike.
 
 The encoding is independent of map order: pairs sorted by the UTF-8 bytes of their keys, then
 ``u16 count`` followed by ``u16 len(key) || key || u32 len(value) || value`` for each pair. Two
