@@ -19,7 +19,9 @@ from client_sdk.credentials import (
     load_profile,
     write_profile,
 )
-from client_sdk.kms_client import KmsClient
+from client_sdk.datakey_cache import DataKeyCache, DataKeyCacheStats
+from client_sdk.envelope import DEFAULT_CHUNK_SIZE, EnvelopeInfo, decrypt_stream, encrypt_stream
+from client_sdk.kms_client import AsyncKmsClient, KmsClient
 from client_sdk.relay_client import RelayClient, Subscription
 from client_sdk.relay_types import DirectoryRecord, RelayAccount, RelayMessage, SendReceipt
 from client_sdk.types import (
