@@ -7,6 +7,9 @@
     keyrelay instance|access-point|credential ...   administer dedicated instances and access
     keyrelay pki create-ca|issue             make CAs and certificates for a deployment
     keyrelay audit verify FILE               check an audit log's hash chain
+    keyrelay key|alias ...                   manage master keys and aliases
+    keyrelay encrypt|decrypt|datakey         cryptography under a master key, stdin to stdout
+    keyrelay envelope encrypt|decrypt IN OUT files of any size, streamed under a data key
 
 Daemon commands import their package only when chosen, so the client commands stay light.
 """
@@ -17,7 +20,7 @@ import argparse
 import sys
 
 from client_sdk.cli import admin_commands, audit_commands, hsm_commands, pki_commands
-from client_sdk.cli import crypto_commands, key_commands
+from client_sdk.cli import crypto_commands, envelope_commands, key_commands
 
 
 def _node(args: argparse.Namespace) -> int:
@@ -79,6 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     key_commands.register(commands)
     crypto_commands.register(commands)
+    envelope_commands.register(commands)
     hsm_commands.register(commands)
     admin_commands.register(commands)
     pki_commands.register(commands)

@@ -161,3 +161,38 @@ def test_profile_and_endpoint_flags(cli, profile, served_node, monkeypatch, tmp_
     (tmp_path / "quick.toml").write_text('endpoint = "127.0.0.1:1"\ntimeout = 2\n')
     down = cli("key", "list", "--profile", str(tmp_path / "quick.toml"))
     assert down.status == 1 and down.err.count("\n") == 1 and down.err.startswith("keyrelay: ")
+
+
+def test_envelope_encrypts_and_decrypts_files_and_refuses_tampering(cli, kms, tmp_path):
+    key = kms.create_key(alias="alias/backups")
+    data = bytes(range(256)) * 9000  # 2.2 MiB: several 1 MiB chunks
+    (tmp_path / "dump.sql").write_bytes(data)
+    done = cli("envelope", "encrypt", "--key", "alias/backups", "--context", "host=db1", "--progress",
+               "dump.sql", "dump.kre", "-o", "json")
+    info = done.json()
+    assert (info["key_id"], info["chunks"], info["plaintext_bytes"]) == (key.key_id, 3, len(data))
+    assert "100%" in done.err and "MiB" in done.err  # the progress bar, on stderr
+    envelope = (tmp_path / "dump.kre").read_bytes()
+    assert data[:4096] not in envelope
+
+    plain = cli("envelope", "decrypt", "--context", "host=db1", "--no-progress", "dump.kre", "restored.sql")
+    assert plain.status == 0 and "plaintext bytes" in plain.out.decode()
+    assert (tmp_path / "restored.sql").read_bytes() == data
+
+    # To stdout: the data alone on stdout, the summary on stderr.
+    piped = cli("envelope", "decrypt", "--context", "host=db1", "dump.kre", "-")
+    assert piped.status == 0 and piped.out == data and "chunks" in piped.err
+
+    # A wrong context, a flipped bit or a truncated envelope: one line, exit 1, nothing at OUT.
+    (tmp_path / "flipped.kre").write_bytes(envelope[:-5000] + bytes([envelope[-5000] ^ 1]) + envelope[-4999:])
+    (tmp_path / "short.kre").write_bytes(envelope[: len(envelope) // 2])
+    for source, context, reason in (
+        ("dump.kre", "host=db2", "CIPHERTEXT_AUTHENTICATION_FAILED"),
+        ("flipped.kre", "host=db1", "CIPHERTEXT_AUTHENTICATION_FAILED"),
+        ("short.kre", "host=db1", "CIPHERTEXT_AUTHENTICATION_FAILED"),
+    ):
+        failed = cli("envelope", "decrypt", "--context", context, source, "out.sql")
+        assert failed.status == 1 and failed.err.startswith(f"keyrelay: {reason}") and failed.err.count("\n") == 1
+        assert not (tmp_path / "out.sql").exists()
+    same = cli("envelope", "encrypt", "--key", "alias/backups", "dump.sql", "dump.sql")
+    assert same.status == 1 and "same file" in same.err
