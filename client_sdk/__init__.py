@@ -1,5 +1,5 @@
-"""The keyrelay client SDK: one flat namespace for the KMS and admin clients, profiles and
-credentials, their result types and errors.
+"""The keyrelay client SDK: one flat namespace for the KMS, admin and relay clients, envelope
+encryption, the end-to-end messenger, profiles and credentials, their result types and errors.
 
     from client_sdk import KmsClient, KeyNotFoundError
 
@@ -20,8 +20,10 @@ from client_sdk.credentials import (
     write_profile,
 )
 from client_sdk.datakey_cache import DataKeyCache, DataKeyCacheStats
+from client_sdk.device_keys import DeviceKeyPair, DeviceKeys
 from client_sdk.envelope import DEFAULT_CHUNK_SIZE, EnvelopeInfo, decrypt_stream, encrypt_stream
 from client_sdk.kms_client import AsyncKmsClient, KmsClient
+from client_sdk.messenger import Messenger, ReceivedMessage, RejectedMessage, RejectReason, log_rejection
 from client_sdk.relay_client import RelayClient, Subscription
 from client_sdk.relay_types import DirectoryRecord, RelayAccount, RelayMessage, SendReceipt
 from client_sdk.types import (
