@@ -10,6 +10,7 @@
     keyrelay key|alias ...                   manage master keys and aliases
     keyrelay encrypt|decrypt|datakey         cryptography under a master key, stdin to stdout
     keyrelay envelope encrypt|decrypt IN OUT files of any size, streamed under a data key
+    keyrelay msg register|rotate|send|recv   end-to-end encrypted messages through the relay
 
 Daemon commands import their package only when chosen, so the client commands stay light.
 """
@@ -20,7 +21,7 @@ import argparse
 import sys
 
 from client_sdk.cli import admin_commands, audit_commands, hsm_commands, pki_commands
-from client_sdk.cli import crypto_commands, envelope_commands, key_commands
+from client_sdk.cli import crypto_commands, envelope_commands, key_commands, msg_commands
 
 
 def _node(args: argparse.Namespace) -> int:
@@ -83,6 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
     key_commands.register(commands)
     crypto_commands.register(commands)
     envelope_commands.register(commands)
+    msg_commands.register(commands)
     hsm_commands.register(commands)
     admin_commands.register(commands)
     pki_commands.register(commands)
