@@ -8,7 +8,8 @@
   method name, route (`route_var`, reset to "local" per call) and final status code.
 - `Health` wraps the standard `grpc.health.v1` servicer.
 - `add_reflection` serves server reflection for the given services.
-- `wait_for_termination_signal` resolves on SIGTERM or SIGINT so `__main__` can drain and exit 0.
+- `wait_for_termination_signal` resolves on SIGTERM or SIGINT so `__main__` can drain and exit 0;
+  `serve_until_terminated` is the whole life of a daemon's server around it.
 """
 
 from __future__ import annotations
@@ -182,6 +183,21 @@ def add_reflection(server: grpc.aio.Server, service_names: Iterable[str]) -> Non
     reflection.enable_server_reflection(names, server)
 
 
+def bind_port(server: grpc.aio.Server, listen: str, credentials: grpc.ServerCredentials | None, what: str) -> int:
+    """Bind `listen` (TLS with `credentials`, else plain text) and return the port; raise OSError
+    naming the address and `what` it is for (e.g. "zone public") when it cannot be bound."""
+    try:
+        port = server.add_secure_port(listen, credentials) if credentials else server.add_insecure_port(listen)
+    except RuntimeError:  # grpc's way of saying the bind failed
+        port = 0
+    if port == 0:
+        raise OSError(
+            f"cannot listen on {listen} ({what}): the port is in use or the address is not this host's; "
+            "stop the other process or choose another address"
+        )
+    return port
+
+
 def new_server(
     max_message_bytes: int = 8 * 1024 * 1024,
     *,
@@ -211,3 +227,20 @@ async def wait_for_termination_signal() -> signal.Signals:
     finally:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
+
+
+async def serve_until_terminated(
+    server: Any, name: str, logger: logging.Logger, startup_errors: tuple[type[BaseException], ...]
+) -> int:
+    """Start `server` (anything with async `start()` and `stop()`), serve until SIGTERM or SIGINT,
+    then drain and stop it. Returns the daemon's exit status: 0, or 2 when start-up failed with one
+    of `startup_errors` (logged as one line on `logger`, naming the daemon)."""
+    try:
+        await server.start()
+    except startup_errors as exc:
+        logger.error("%s cannot start: %s", name, exc)
+        return 2
+    signum = await wait_for_termination_signal()
+    logger.info("received %s: draining in-flight calls", signum.name)
+    await server.stop()
+    return 0

@@ -8,7 +8,7 @@ import logging
 import sys
 
 from foundation.config import ConfigError, parse_overrides
-from foundation.grpc_server import wait_for_termination_signal
+from foundation.grpc_server import serve_until_terminated
 from foundation.logsetup import setup_logging
 from kms_gateway.config import load_gateway_config
 
@@ -27,16 +27,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 async def _serve(config) -> int:
     from kms_gateway.server import GatewayServer
 
-    gateway = GatewayServer(config)
-    try:
-        await gateway.start()
-    except (OSError, ConfigError, ValueError) as exc:
-        log.error("gateway cannot start: %s", exc)
-        return 2
-    signum = await wait_for_termination_signal()
-    log.info("received %s: draining in-flight calls", signum.name)
-    await gateway.stop()
-    return 0
+    return await serve_until_terminated(GatewayServer(config), "gateway", log, (OSError, ConfigError, ValueError))
 
 
 def run(args: argparse.Namespace) -> int:

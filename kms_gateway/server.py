@@ -13,7 +13,7 @@ import logging
 
 from foundation.audit import AuditLog
 from foundation.credential_check import CredentialVerifier
-from foundation.grpc_server import Health, add_reflection, new_server
+from foundation.grpc_server import Health, add_reflection, bind_port, new_server
 from foundation.metrics import Metrics
 from foundation.ratelimit import TokenBucketLimiter
 from foundation.tls import channel_credentials, server_credentials
@@ -84,15 +84,7 @@ class GatewayServer:
                 admin_pb2_grpc.add_AdminServiceServicer_to_server(GatewayAdminServicer(self.gateway, zone), server)
                 health = Health(server, SERVICE_NAMES)
                 add_reflection(server, SERVICE_NAMES)
-                try:
-                    port = server.add_secure_port(listen, credentials)
-                except RuntimeError:  # grpc's way of saying the bind failed
-                    port = 0
-                if port == 0:
-                    raise OSError(
-                        f"cannot listen on {listen} (zone {zone}): the port is in use or the address is not "
-                        f"this host's; stop the other process or change listeners.{zone}"
-                    )
+                port = bind_port(server, listen, credentials, f"zone {zone}, `listeners.{zone}`")
                 await server.start()
                 self._servers.append(server)
                 self._healths.append(health)

@@ -9,7 +9,7 @@ import sys
 
 from foundation.config import ConfigError, parse_overrides
 from foundation.errors import KeyrelayError
-from foundation.grpc_server import wait_for_termination_signal
+from foundation.grpc_server import serve_until_terminated
 from foundation.logsetup import setup_logging
 from kms_node.config import load_node_config
 
@@ -29,16 +29,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 async def _serve(config, pin) -> int:
     from kms_node.server import NodeServer
 
-    node = NodeServer(config, pin=pin)
-    try:
-        await node.start()
-    except (KeyrelayError, OSError) as exc:
-        log.error("node cannot start: %s", exc)
-        return 2
-    signum = await wait_for_termination_signal()
-    log.info("received %s: draining in-flight calls", signum.name)
-    await node.stop()
-    return 0
+    return await serve_until_terminated(NodeServer(config, pin=pin), "node", log, (KeyrelayError, OSError))
 
 
 def run(args: argparse.Namespace) -> int:

@@ -17,7 +17,7 @@ import logging
 
 from foundation.config import Secret
 from foundation.credential_check import CredentialVerifier
-from foundation.grpc_server import Health, add_reflection, new_server
+from foundation.grpc_server import Health, add_reflection, bind_port, new_server
 from foundation.metrics import Metrics
 from foundation.pki import CertificateAuthority
 from foundation.tls import channel_credentials, server_credentials
@@ -43,19 +43,6 @@ SHARED_SERVICE_NAMES = [
     registry_pb2.DESCRIPTOR.services_by_name["AccessRegistryService"].full_name,
     admin_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name,
 ]
-
-
-def _bind(server, listen: str, credentials, what: str) -> int:
-    try:
-        port = server.add_secure_port(listen, credentials) if credentials else server.add_insecure_port(listen)
-    except RuntimeError:  # grpc's way of saying the bind failed
-        port = 0
-    if port == 0:
-        raise OSError(
-            f"cannot listen on {listen} ({what}): the port is in use or the address is not this host's; "
-            "stop the other process or choose another address"
-        )
-    return port
 
 
 class NodeServer:
@@ -110,10 +97,10 @@ class NodeServer:
         """
         tls = self.config.tls
         internal = server_credentials(tls.cert, tls.key, tls.client_ca, require_client_cert=True) if tls.cert else None
-        self.port = _bind(self._server, self.config.listen, internal, "the internal port, `listen`")
+        self.port = bind_port(self._server, self.config.listen, internal, "the internal port, `listen`")
         if self._private_server is not None:
             private = self.config.private_endpoint
-            self.private_port = _bind(
+            self.private_port = bind_port(
                 self._private_server,
                 private.listen,
                 server_credentials(private.cert, private.key, private.client_ca, require_client_cert=True,

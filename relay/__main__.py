@@ -8,7 +8,7 @@ import logging
 import sys
 
 from foundation.config import ConfigError, parse_overrides
-from foundation.grpc_server import wait_for_termination_signal
+from foundation.grpc_server import serve_until_terminated
 from foundation.logsetup import setup_logging
 from relay.config import load_relay_config
 
@@ -27,16 +27,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 async def _serve(config) -> int:
     from relay.server import RelayServer
 
-    relay = RelayServer(config)
-    try:
-        await relay.start()
-    except (OSError, ConfigError, ValueError, RuntimeError) as exc:
-        log.error("relay cannot start: %s", exc)
-        return 2
-    signum = await wait_for_termination_signal()
-    log.info("received %s: draining in-flight calls", signum.name)
-    await relay.stop()
-    return 0
+    return await serve_until_terminated(RelayServer(config), "relay", log, (OSError, ConfigError, ValueError, RuntimeError))
 
 
 def run(args: argparse.Namespace) -> int:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from foundation.grpc_server import Health, add_reflection, new_server
+from foundation.grpc_server import Health, add_reflection, bind_port, new_server
 from foundation.metrics import Metrics
 from foundation.ratelimit import TokenBucketLimiter
 from foundation.tls import server_credentials
@@ -74,15 +74,7 @@ class RelayServer:
             server_credentials(config.tls.cert, config.tls.key, require_client_cert=False) if config.tls.cert else None
         )
         try:
-            try:
-                port = server.add_secure_port(config.listen, credentials) if credentials else server.add_insecure_port(config.listen)
-            except RuntimeError:  # grpc's way of saying the bind failed
-                port = 0
-            if port == 0:
-                raise OSError(
-                    f"cannot listen on {config.listen}: the port is in use or the address is not this host's; "
-                    "stop the other process or change `listen`"
-                )
+            port = bind_port(server, config.listen, credentials, "`listen`")
             await server.start()
             self._server = server
             if config.metrics_listen:
