@@ -39,19 +39,16 @@ from client_sdk.relay_types import DirectoryRecord, RelayAccount, RelayMessage, 
 from client_sdk.types import SealedPublicKey
 from foundation.errors import (
     DeadlineExceededError,
-    EnvelopeTooLargeError,
     InvalidArgumentError,
     KeyrelayError,
     UnauthenticatedError,
     UnavailableError,
 )
-from foundation.messaging_ids import MAX_ENVELOPE_BYTES, check_client_message_id, check_user_id
+from foundation.messaging_ids import MAX_ACK_IDS, check_client_message_id, check_envelope, check_user_id
 from keyrelay.v1 import directory_pb2, directory_pb2_grpc, kms_pb2, relay_pb2, relay_pb2_grpc
 
 #: Call-metadata key carrying the device token (`Bearer <token>`).
 AUTHORIZATION_METADATA_KEY = "authorization"
-#: The most message ids one Ack call takes; `RelayClient.ack` splits longer lists.
-MAX_ACK_IDS = 1000
 
 _NO_TOKEN = "no device token: call create_account first or pass device_token="
 _REDACTED = "<device token>"
@@ -384,13 +381,7 @@ class RelayClient(ServiceClient):
         check_user_id(recipient_user_id, "recipient user id")
         if not isinstance(envelope, (bytes, bytearray, memoryview)):
             raise TypeError(f"envelope must be bytes, not {type(envelope).__name__}")
-        envelope = bytes(envelope)
-        if not envelope:
-            raise InvalidArgumentError("the envelope is empty: the relay stores 1 byte to 256 KiB")
-        if len(envelope) > MAX_ENVELOPE_BYTES:
-            raise EnvelopeTooLargeError(
-                f"the envelope is {len(envelope)} bytes; the relay stores at most {MAX_ENVELOPE_BYTES} (256 KiB)"
-            )
+        envelope = check_envelope(bytes(envelope))
         if client_message_id is None:
             client_message_id = uuid.uuid4().hex
         check_client_message_id(client_message_id)

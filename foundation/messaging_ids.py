@@ -1,11 +1,11 @@
-"""The rules for the relay's identifiers, shared by the relay (which enforces them) and the SDK
-(which checks them before a call): user ids and senders' client message ids."""
+"""The rules of the relay's requests, shared by the relay (which enforces them) and the SDK (which
+checks them before a call): user ids, senders' client message ids, envelope sizes, Ack batches."""
 
 from __future__ import annotations
 
 import re
 
-from foundation.errors import InvalidArgumentError, InvalidUserIdError
+from foundation.errors import EnvelopeTooLargeError, InvalidArgumentError, InvalidUserIdError
 
 #: A relay user id: 1-64 characters of a-z, 0-9, '.', '_' and '-'.
 USER_ID = re.compile(r"[a-z0-9._-]{1,64}")
@@ -13,6 +13,8 @@ USER_ID = re.compile(r"[a-z0-9._-]{1,64}")
 CLIENT_MESSAGE_ID = re.compile(r"[\x21-\x7e]{1,128}")
 #: The largest envelope the relay stores, in bytes (256 KiB).
 MAX_ENVELOPE_BYTES = 256 * 1024
+#: The most message ids one Ack takes.
+MAX_ACK_IDS = 1000
 
 
 def check_user_id(user_id: str, what: str = "user id") -> str:
@@ -33,3 +35,16 @@ def check_client_message_id(client_message_id: str) -> str:
             "(a UUID is a good choice)"
         )
     return client_message_id
+
+
+def check_envelope(envelope: bytes) -> bytes:
+    """Return `envelope` if the relay stores it (1 byte to 256 KiB); raise InvalidArgumentError or
+    EnvelopeTooLargeError otherwise."""
+    if not envelope:
+        raise InvalidArgumentError("the envelope is empty: the relay stores 1 byte to 256 KiB")
+    if len(envelope) > MAX_ENVELOPE_BYTES:
+        raise EnvelopeTooLargeError(
+            f"the envelope is {len(envelope)} bytes; the relay stores at most {MAX_ENVELOPE_BYTES} (256 KiB): "
+            "send large content as an encrypted file and message its key"
+        )
+    return envelope

@@ -25,7 +25,6 @@ from typing import AsyncIterator, Callable, Sequence
 from foundation.errors import (
     AccountExistsError,
     BatchTooLargeError,
-    EnvelopeTooLargeError,
     InvalidArgumentError,
     MailboxFullError,
     PermissionDeniedError,
@@ -35,7 +34,7 @@ from foundation.errors import (
     UnavailableError,
     UserNotFoundError,
 )
-from foundation.messaging_ids import MAX_ENVELOPE_BYTES, check_client_message_id, check_user_id
+from foundation.messaging_ids import MAX_ACK_IDS, check_client_message_id, check_envelope, check_user_id
 from foundation.ratelimit import TokenBucketLimiter
 from foundation.store_workers import StoreWorkers
 from relay.store.base import (
@@ -55,7 +54,6 @@ from relay.store.base import (
 log = logging.getLogger(__name__)
 
 TOKEN_PREFIX = "krt_"
-MAX_ACK_IDS = 1000
 MAX_MESSAGE_ID = 64
 MAX_SEALED_BUNDLE = 64 * 1024
 MAX_WRAPPED_DEK = 4 * 1024
@@ -282,13 +280,7 @@ class RelayService:
         """Store a message durably (or find the one this client message id stored before)."""
         check_user_id(recipient, "recipient user id")
         check_client_message_id(client_message_id)
-        if not envelope:
-            raise InvalidArgumentError("the envelope is empty")
-        if len(envelope) > MAX_ENVELOPE_BYTES:
-            raise EnvelopeTooLargeError(
-                f"the envelope is {len(envelope)} bytes; the relay takes at most {MAX_ENVELOPE_BYTES} "
-                "(256 KiB): send large content as an encrypted file and message its key"
-            )
+        check_envelope(envelope)
         now = self._clock()
         expire = now + self._ttl if self._ttl else None
         message = NewMessage(
