@@ -42,7 +42,7 @@ import grpc
 
 from _common import CALL_TIMEOUT, WARMUP_SECONDS, Cell, header, parse_flags
 from keyrelay.v1 import relay_pb2, relay_pb2_grpc
-from kms_node import devsetup
+from relay.devsetup import RelayProcess
 
 DEFAULT_CONCURRENCY = "1,10,100"
 RECIPIENT = "bench-recipient"
@@ -58,22 +58,13 @@ ERROR_PAUSE = 0.01           # after a failed Send, so a dead relay does not spi
 CHANNEL_OPTIONS = (("grpc.use_local_subchannel_pool", 1),)
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
-RELAY_CONFIG = """\
-listen = "127.0.0.1:{port}"
-log_level = "info"
-shutdown_grace_seconds = 5
-
-[store]
-path = "{store}"
-
+# Mailboxes far out of reach and messages that never expire: the bench measures delivery alone.
+# (Rate limits are off in every relay `RelayProcess` starts.)
+RELAY_EXTRA = """\
 [mailbox]
 max_messages = 1000000
 max_bytes = 4294967296
 message_ttl_seconds = 0
-
-[rate_limit]
-requests_per_second = 0
-account_creations_per_minute = 0
 """
 
 
@@ -430,17 +421,12 @@ def main() -> int:
     wall = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="keyrelay-bench-relay-") as tmp:
         state = Path(tmp)
-        port = devsetup.free_port()
-        config = state / "relay.toml"
-        config.write_text(RELAY_CONFIG.format(port=port, store=state / "relay.db"))
-        env = {k: v for k, v in os.environ.items() if not k.startswith("KEYRELAY_RELAY_")}  # only our config
-        log_path = state / "relay.log"
-        relay = devsetup.NodeProcess(config, env, log_path, port, command="relay")
+        relay = RelayProcess(state, extra=RELAY_EXTRA).process
         try:
             try:
                 relay.start(SETUP_TIMEOUT)
             except (OSError, RuntimeError, subprocess.SubprocessError) as exc:
-                print(relay_failure(exc, log_path), file=sys.stderr)
+                print(relay_failure(exc, relay.log_path), file=sys.stderr)
                 return 1
             pids = {"relay": relay.proc.pid, "bench": os.getpid()}
             processes = {
