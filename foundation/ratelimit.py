@@ -48,6 +48,11 @@ class TokenBucketLimiter:
         """The number of buckets held."""
         return len(self._buckets)
 
+    def __bool__(self) -> bool:
+        # A limiter is true even while it holds no bucket (`__len__` alone would make a fresh one
+        # false, and `limiter or default` would silently drop it).
+        return True
+
     def try_acquire(self, key: str, cost: float = 1) -> float:
         """Spend `cost` tokens of `key`'s bucket: 0.0 when allowed, else the seconds until the
         bucket holds enough (nothing is spent then).

@@ -181,9 +181,8 @@ class RelayService:
         self._limits = limits
         self._ttl = ttl_seconds
         self._dedupe = dedupe_seconds
-        # (Not `limiter or ...`: a limiter holding no buckets yet is falsy, having a length.)
-        self._limiter = limiter if limiter is not None else TokenBucketLimiter(0, 1)
-        self._account_limiter = account_limiter if account_limiter is not None else TokenBucketLimiter(0, 1)
+        self._limiter = limiter or TokenBucketLimiter(0, 1)
+        self._account_limiter = account_limiter or TokenBucketLimiter(0, 1)
         self._clock = clock
         self._on_event = on_event or (lambda name, count: None)
         self._workers = StoreWorkers(store_threads, name="relay-store")

@@ -112,3 +112,9 @@ def test_threads_never_spend_more_than_the_burst(clock):
     for thread in threads:
         thread.join()
     assert len(allowed) == 100
+
+
+def test_a_limiter_without_buckets_is_still_true():
+    """`limiter or default` must keep a limiter that has not seen a key yet."""
+    limiter = TokenBucketLimiter(1, 1)
+    assert len(limiter) == 0 and bool(limiter)
