@@ -58,6 +58,7 @@ from client_sdk.types import (
     SealedPublicKey,
 )
 from foundation.access_policy import CRYPTO_METHODS
+from foundation.blob_formats import peek_key_id
 from foundation.errors import (
     DeadlineExceededError,
     KeyrelayError,
@@ -66,7 +67,6 @@ from foundation.errors import (
     from_status,
 )
 from keyrelay.v1 import kms_pb2, kms_pb2_grpc
-from kms_node.blob import peek_key_id
 
 _STATE_NAMES = {value: name.removeprefix("KEY_STATE_") for name, value in kms_pb2.KeyState.items()}
 #: How long the client remembers which instance a key lives on.

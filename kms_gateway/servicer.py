@@ -26,6 +26,7 @@ import grpc
 
 from foundation import access_policy as policy
 from foundation.audit import AuditLog
+from foundation.blob_formats import peek_key_id
 from foundation.credential_check import CredentialVerifier
 from foundation.errors import (
     AliasExistsError,
@@ -47,7 +48,6 @@ from foundation.tls import peer_certificate, peer_ip
 from foundation.upstream import ReplicaSet
 from keyrelay.v1 import admin_pb2, admin_pb2_grpc, errors_pb2, kms_pb2, kms_pb2_grpc, registry_pb2
 from kms_gateway.routing import ADMIN_SCOPE_METADATA_KEY, TENANT_METADATA_KEY, KeyDirectory
-from kms_node.blob import peek_key_id
 
 log = logging.getLogger(__name__)
 

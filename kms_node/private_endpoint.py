@@ -14,12 +14,12 @@ from typing import Any
 import grpc
 
 from foundation import access_policy as policy
+from foundation import blob_formats as blobs
 from foundation.credential_check import CredentialVerifier
 from foundation.errors import NodeNotReadyError, PermissionDeniedError
 from foundation.logsetup import request_id_var
 from foundation.tls import peer_certificate, peer_ip
 from keyrelay.v1 import kms_pb2, kms_pb2_grpc
-from kms_node import blob as blobs
 from kms_node.service import Caller
 from kms_node.servicer import KeyManagementServicer, caller_tenant_var
 

@@ -22,6 +22,8 @@ from typing import Awaitable, Callable, Mapping, Sequence, TypeVar
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from foundation import blob_formats as blobs
+from foundation import encryption_context as contexts
 from foundation.errors import (
     AliasExistsError,
     AliasNotFoundError,
@@ -40,8 +42,6 @@ from foundation.errors import (
     SealedRecordMismatchError,
 )
 from foundation.store_workers import StoreWorkers
-from kms_node import blob as blobs
-from foundation import encryption_context as contexts
 from kms_node.hsm.backend import HsmAuthenticationFailed, HsmBackend, HsmSession, KeyVersionRef
 from kms_node.store.base import (
     AliasTaken,

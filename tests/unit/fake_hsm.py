@@ -1,6 +1,6 @@
 """A small in-memory stand-in for the PKCS#11 pool, for unit tests of the key service only.
 
-Each "wrapped" CMK blob is a real `kms_node.blob.encode_wrapped_key` blob around random bytes; the
+Each "wrapped" CMK blob is a real `foundation.blob_formats.encode_wrapped_key` blob around random bytes; the
 fake keeps the AES-256 key it stands for in a dict keyed by that blob. Encryption is real AES-GCM
 (from `cryptography`), so tags, AAD and IVs behave exactly as they would in an HSM.
 """
@@ -13,7 +13,7 @@ from typing import Callable, TypeVar
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from kms_node import blob as blobs
+from foundation import blob_formats as blobs
 from kms_node.hsm.backend import HsmAuthenticationFailed, KeyVersionRef, SlotStatus
 
 T = TypeVar("T")

@@ -13,9 +13,9 @@ import pytest
 import client_sdk as kr
 from client_sdk import _retry
 from fake_channel import FakeChannel, FakeRpcError, FakeTime
+from foundation.blob_formats import encode_header
 from foundation.errors import REQUEST_ID_METADATA_KEY
 from keyrelay.v1 import kms_pb2
-from kms_node.blob import encode_header
 
 KMS = "/keyrelay.v1.KeyManagementService/"
 SHARED_KEY, DEDICATED_KEY = str(uuid.UUID(int=1)), str(uuid.UUID(int=2))

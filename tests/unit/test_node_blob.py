@@ -1,4 +1,4 @@
-"""Unit tests of kms_node/blob.py: ciphertext blobs and wrapped CMK blobs."""
+"""Unit tests of foundation/blob_formats.py: ciphertext blobs and wrapped CMK blobs."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import uuid
 
 import pytest
 
+from foundation import blob_formats as blobs
 from foundation.errors import InternalError, MalformedCiphertextError
-from kms_node import blob as blobs
 
 KEY_ID = "3f2a4c1e-9d7b-4e0a-8c5f-1b2d3e4f5a6b"
 

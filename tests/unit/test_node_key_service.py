@@ -10,6 +10,7 @@ from dataclasses import replace
 import pytest
 
 from fake_hsm import FakeHsm
+from foundation import blob_formats as blobs
 from foundation.errors import (
     AliasExistsError,
     AliasNotFoundError,
@@ -27,7 +28,6 @@ from foundation.errors import (
     PayloadTooLargeError,
     SealedRecordMismatchError,
 )
-from kms_node import blob as blobs
 from kms_node.service import Caller, CryptoResult, KeyService
 from kms_node.store.base import KeyRecord, KeyState, VersionRecord
 from kms_node.store.sqlite import SqliteKeyStore

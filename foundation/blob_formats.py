@@ -1,5 +1,8 @@
 """Binary formats the node writes: ciphertext blobs and wrapped CMK blobs.
 
+Ciphertext blobs are public: the gateway and the SDK read the key id in them to route a call, so
+the formats live here rather than in the node.
+
 Ciphertext blob (what Encrypt and GenerateDataKey return), format 1::
 
     0      1                17              21       33
