@@ -32,10 +32,10 @@ from pkcs11 import Attribute, KeyType, Mechanism, ObjectClass
 from pkcs11 import exceptions as p11
 from pkcs11.mechanisms import GCMParams
 
+from foundation.blob_formats import encode_wrapped_key, parse_wrapped_key
 from foundation.config import Secret
 from foundation.errors import HsmUnavailableError, InternalError
 from foundation.metrics import operation_var
-from foundation.blob_formats import encode_wrapped_key, parse_wrapped_key
 from kms_node.hsm.backend import HsmAuthenticationFailed, KeyVersionRef, SlotStatus
 from kms_node.hsm.cryptoki import load_library
 
