@@ -75,7 +75,9 @@ async def test_messages_expire_after_the_ttl_and_their_ids_are_then_forgotten(ma
     assert receipt.expire_time == pytest.approx(clock.now + 3600)
     clock.advance(3599)
     assert await service.delete_expired() == 0
-    assert (await first(service.subscribe("bob"))).message_id == receipt.message_id
+    before_expiry = service.subscribe("bob")
+    assert (await first(before_expiry)).message_id == receipt.message_id
+    await before_expiry.aclose()
     clock.advance(2)
     # Past its TTL the message is no longer delivered, and the sweep deletes it.
     pending = service.subscribe("bob")
