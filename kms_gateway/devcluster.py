@@ -10,7 +10,8 @@ endpoint) need:
 - a config per daemon.
 
 `start()` runs each daemon the way a user does (`keyrelay node`, `keyrelay gateway`) and waits
-for health. The shared KMS writes the bootstrap admin credential at first start, and
+for health. Ports are free ones picked at `prepare()`, or with `port_base` the fixed layout of
+`PORT_OFFSETS` (what `keyrelay dev up` uses, so its profile stays valid across restarts). The shared KMS writes the bootstrap admin credential at first start, and
 `admin_profile()` points at it. Used by the end-to-end tests and the gateway benchmark.
 """
 
@@ -25,6 +26,11 @@ from kms_node import devsetup
 
 INTERNAL_HOSTS = ("127.0.0.1", "localhost")
 GATEWAY_CN = "keyrelay-gateway"
+#: Port of each listener as an offset from `DevCluster.port_base`.
+PORT_OFFSETS = {
+    "gateway": 0, "shared-1": 1, "shared-2": 2, "dedicated": 3, "private-endpoint": 4, "relay": 5,
+    "gateway-metrics": 10, "shared-1-metrics": 11, "shared-2-metrics": 12, "dedicated-metrics": 13, "relay-metrics": 14,
+}
 
 
 @dataclass
@@ -35,12 +41,15 @@ class Daemon:
     command: str
     config: Path
     port: int
-    health_ca: Path
+    health_ca: Path | None = None
     health_cert: Path | None = None
     health_key: Path | None = None
     process: devsetup.NodeProcess | None = None
 
     def health_credentials(self):
+        """TLS credentials for health checks; None for a plain-text daemon."""
+        if self.health_ca is None:
+            return None
         return channel_credentials(str(self.health_ca), str(self.health_cert or ""), str(self.health_key or ""))
 
 
@@ -55,6 +64,7 @@ class DevCluster:
     dedicated_tokens: tuple[str, ...] = ("kr-dedicated-a",)
     listeners: dict[str, int] = field(default_factory=dict)
     gateway_extra: str = ""
+    port_base: int | None = None
     daemons: dict[str, Daemon] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -67,6 +77,12 @@ class DevCluster:
         self.env = devsetup.dev_environment(self.softhsm_conf)
 
     # -- files ------------------------------------------------------------------------------------
+
+    def port(self, name: str) -> int:
+        """The port of a listener named in `PORT_OFFSETS`: fixed with `port_base`, else a free one."""
+        if self.port_base is None:
+            return devsetup.free_port()
+        return self.port_base + PORT_OFFSETS[name]
 
     def _credential(self, ca: CertificateAuthority, name: str, *, server: bool, client: bool) -> tuple[Path, Path]:
         cert, key = ca.issue(name, hosts=INTERNAL_HOSTS, server=server, client=client)
@@ -87,20 +103,20 @@ class DevCluster:
         gateway_server = self._credential(kms, "gateway", server=True, client=False)
         private_server = self._credential(kms, f"private-{self.instance_id}", server=True, client=False)
 
-        shared_ports = [devsetup.free_port() for _ in range(self.shared_replicas)]
+        shared_ports = [self.port(f"shared-{index}") for index in range(1, self.shared_replicas + 1)]
         for index, port in enumerate(shared_ports, start=1):
             config = devsetup.write_node_config(
                 self.root / f"shared-{index}.toml",
                 tokens=list(self.shared_tokens),
                 listen=f"127.0.0.1:{port}",
                 store_path=str(self.root / "shared.db"),
-                extra=f'metrics_listen = "127.0.0.1:{devsetup.free_port()}"\n'
+                extra=f'metrics_listen = "127.0.0.1:{self.port(f"shared-{index}-metrics")}"\n'
                 + self._tls_section(internal_cert=shared_cert)
                 + f'[ca]\ncert = "{self.kms_ca}"\nkey = "{self.pki / "kms-ca" / "ca.key"}"\n'
                 f'bootstrap_dir = "{self.bootstrap_dir}"\n',
             )
             self._add(f"shared-{index}", "node", config, port, self.internal_ca, *self.gateway_client)
-        dedicated_port, private_port = devsetup.free_port(), devsetup.free_port()
+        dedicated_port, private_port = self.port("dedicated"), self.port("private-endpoint")
         registry = ", ".join(f'"127.0.0.1:{p}"' for p in shared_ports)
         config = devsetup.write_node_config(
             self.root / "dedicated.toml",
@@ -109,7 +125,7 @@ class DevCluster:
             store_path=str(self.root / "dedicated.db"),
             mode="dedicated",
             instance_id=self.instance_id,
-            extra=f'metrics_listen = "127.0.0.1:{devsetup.free_port()}"\n'
+            extra=f'metrics_listen = "127.0.0.1:{self.port("dedicated-metrics")}"\n'
             + self._tls_section(internal_cert=dedicated_cert)
             + f'[private_endpoint]\nlisten = "127.0.0.1:{private_port}"\ncert = "{private_server[0]}"\n'
             f'key = "{private_server[1]}"\nclient_ca = "{self.kms_ca}"\nregistry_nodes = [{registry}]\n'
@@ -121,22 +137,28 @@ class DevCluster:
         self.shared_endpoints = [f"127.0.0.1:{p}" for p in shared_ports]
 
         if not self.listeners:
-            self.listeners = {"public": devsetup.free_port(), "vpc": devsetup.free_port()}
+            if self.port_base is None:
+                self.listeners = {"public": devsetup.free_port(), "vpc": devsetup.free_port()}
+            else:
+                self.listeners = {"public": self.port("gateway")}
         self._health_probe = self._credential(kms, "health-probe", server=False, client=True)
         self._gateway_server = gateway_server
-        self.add_gateway("gateway", self.listeners, self.audit_path, self.gateway_extra)
+        metrics = self.port("gateway-metrics") if self.port_base is not None else None
+        self.add_gateway("gateway", self.listeners, self.audit_path, self.gateway_extra, metrics)
         devsetup.hsm_init(self.daemons["shared-1"].config, self.env)
         devsetup.hsm_init(self.daemons["dedicated"].config, self.env)
         return self
 
-    def add_gateway(self, name: str, listeners: dict[str, int], audit_path: Path, extra: str = "") -> Daemon:
+    def add_gateway(
+        self, name: str, listeners: dict[str, int], audit_path: Path, extra: str = "", metrics_port: int | None = None
+    ) -> Daemon:
         """Write the config of a gateway (another one may run beside the first, e.g. with other limits)."""
         listen = "".join(f'{zone} = "127.0.0.1:{port}"\n' for zone, port in listeners.items())
         shared = ", ".join(f'"{e}"' for e in self.shared_endpoints)
         config = self.root / f"{name}.toml"
         config.write_text(
             f"shared_nodes = [{shared}]\nshutdown_grace_seconds = 5\nhealth_check_seconds = 0.5\n"
-            f'credential_cache_seconds = 1\nmetrics_listen = "127.0.0.1:{devsetup.free_port()}"\n{extra}\n'
+            f'credential_cache_seconds = 1\nmetrics_listen = "127.0.0.1:{metrics_port or devsetup.free_port()}"\n{extra}\n'
             f"[listeners]\n{listen}\n"
             f'[tls]\ncert = "{self._gateway_server[0]}"\nkey = "{self._gateway_server[1]}"\nclient_ca = "{self.kms_ca}"\n\n'
             f'[internal]\nca = "{self.internal_ca}"\ncert = "{self.gateway_client[0]}"\nkey = "{self.gateway_client[1]}"\n\n'

@@ -11,6 +11,7 @@
     keyrelay encrypt|decrypt|datakey         cryptography under a master key, stdin to stdout
     keyrelay envelope encrypt|decrypt IN OUT files of any size, streamed under a data key
     keyrelay msg register|rotate|send|recv   end-to-end encrypted messages through the relay
+    keyrelay dev up|status|down              a development cluster on this machine (SoftHSM)
 
 Daemon commands import their package only when chosen, so the client commands stay light.
 """
@@ -21,7 +22,7 @@ import argparse
 import sys
 
 from client_sdk.cli import admin_commands, audit_commands, hsm_commands, pki_commands
-from client_sdk.cli import crypto_commands, envelope_commands, key_commands, msg_commands
+from client_sdk.cli import crypto_commands, dev_commands, envelope_commands, key_commands, msg_commands
 
 
 def _node(args: argparse.Namespace) -> int:
@@ -89,6 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
     admin_commands.register(commands)
     pki_commands.register(commands)
     audit_commands.register(commands)
+    dev_commands.register(commands)
     return parser
 
 

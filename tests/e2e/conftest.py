@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from dev_stack_run import DevStackRun, free_port_base
 from kms_node import devsetup
 
 
@@ -72,3 +73,21 @@ def dev_pool(tmp_path, e2e_tools):
     pool.init()
     yield pool
     pool.stop_all()
+
+
+@pytest.fixture(scope="session")
+def dev_stack(tmp_path_factory, e2e_tools):
+    """A dev cluster started with `keyrelay dev up` for the whole session, stopped with `dev down`.
+
+    `.profiles` maps admin / app / messaging to the profile files `dev up` wrote (roles admin,
+    crypto-user and messaging-user of tenant `dev`)."""
+    run = DevStackRun(tmp_path_factory.mktemp("devstack") / "state", free_port_base())
+    done = run.up()
+    if done.returncode != 0:
+        run.kill_all()
+        pytest.fail(f"keyrelay dev up failed ({done.returncode}):\n{done.stdout}\n{done.stderr}")
+    try:
+        yield run
+    finally:
+        run.run("down")
+        run.kill_all()
