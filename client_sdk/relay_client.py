@@ -154,8 +154,8 @@ class RelayClient(ServiceClient):
     """Accounts, directory and mailbox of a keyrelay relay.
 
     Args:
-        target: host:port of the relay. Required unless `channel` is given (the profile has no
-            relay section yet, so no profile is read).
+        target: host:port of the relay. Without `target` and `channel`, the endpoint (and the
+            CA) come from the `[relay]` section of `profile` (default: the default profile).
         device_token: the token of an existing account (from an earlier `create_account`);
             without one, only `create_account` works until it has been called.
         credentials: the TLS credential; normally only `ca_cert` (the CA of the relay's
