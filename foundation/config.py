@@ -252,3 +252,44 @@ def is_loopback(listen: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+@dataclasses.dataclass(frozen=True, repr=False)
+class StoreSettings:
+    """Where a daemon keeps its store: the SQLite file at `path`, or the PostgreSQL database a
+    `postgresql://USER@HOST:PORT/DATABASE` DSN names, which several replicas may share. The
+    password is best left out of the DSN (libpq reads `PGPASSWORD`, `PGPASSFILE`, `~/.pgpass`);
+    one written there is masked in `repr` and in every message. Each daemon subclasses this to give
+    its own default `path` (declare the subclass with `repr=False` to keep the masking)."""
+
+    path: str = "keyrelay.db"
+    dsn: str = ""
+
+    @property
+    def location(self) -> str:
+        """What the store opens: the DSN if set, else the SQLite file."""
+        return self.dsn or self.path
+
+    @property
+    def shown(self) -> str:
+        """The store for messages and logs (a DSN without its password)."""
+        from foundation.postgres_db import redacted_dsn
+
+        return f"PostgreSQL at {redacted_dsn(self.dsn)}" if self.dsn else f"SQLite file {self.path}"
+
+    def check(self) -> None:
+        """Raise ConfigError naming `store.dsn` or `store.path` if neither gives a usable store."""
+        from foundation.postgres_db import is_postgres_dsn, redacted_dsn
+
+        if self.dsn and not is_postgres_dsn(self.dsn):
+            raise ConfigError(
+                f"store.dsn {redacted_dsn(self.dsn)!r} is not a PostgreSQL URI: give "
+                "postgresql://USER@HOST:PORT/DATABASE, or leave it empty for the SQLite file at store.path"
+            )
+        if not self.dsn and not self.path:
+            raise ConfigError("store.path is empty: name the SQLite file of the store, or set store.dsn")
+
+    def __repr__(self) -> str:
+        from foundation.postgres_db import redacted_dsn
+
+        return f"{type(self).__name__}(path={self.path!r}, dsn={redacted_dsn(self.dsn)!r})"

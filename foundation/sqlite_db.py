@@ -13,6 +13,8 @@ import threading
 from pathlib import Path
 from typing import Callable, Sequence, TypeVar
 
+from foundation.migrations import apply_migrations
+
 T = TypeVar("T")
 
 
@@ -74,22 +76,9 @@ class SqliteDatabase:
 
     def _migrate(self) -> None:
         table = self._version_table
-        latest = len(self._migrations)
 
         def migrate(conn: sqlite3.Connection) -> None:
-            conn.execute(f"CREATE TABLE IF NOT EXISTS {table} (version INTEGER NOT NULL)")
-            row = conn.execute(f"SELECT version FROM {table}").fetchone()
-            current = row[0] if row else 0
-            if current > latest:
-                raise RuntimeError(
-                    f"{self._what} {self.path} has schema version {current}, newer than this keyrelay "
-                    f"({latest}); upgrade keyrelay"
-                )
-            for script in self._migrations[current:]:
-                for statement in filter(str.strip, script.split(";")):
-                    conn.execute(statement)
-            conn.execute(f"DELETE FROM {table}")
-            conn.execute(f"INSERT INTO {table} (version) VALUES (?)", (latest,))
+            apply_migrations(conn, table, self._migrations, f"{self._what} {self.path}")
 
         self.write(migrate)
 

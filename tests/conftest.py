@@ -126,3 +126,63 @@ def kms(served_node):
     with KmsClient(served_node.target, tenant="acme", timeout=30) as client:
         yield client
 
+
+
+# -- PostgreSQL ---------------------------------------------------------------------------------
+
+#: The server the PostgreSQL tests use (a database they may create schemas in); override with
+#: KEYRELAY_TEST_POSTGRES.
+TEST_POSTGRES = os.environ.get("KEYRELAY_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
+
+
+def _postgres_admin_connection():
+    import psycopg
+
+    try:
+        return psycopg.connect(TEST_POSTGRES, autocommit=True, connect_timeout=5)
+    except psycopg.OperationalError as exc:
+        message = f"PostgreSQL at {TEST_POSTGRES} is unreachable ({str(exc).strip().splitlines()[0]})"
+        if os.environ.get("CI"):
+            pytest.fail(f"CI must run the PostgreSQL tests: {message}")
+        pytest.skip(f"{message}; set KEYRELAY_TEST_POSTGRES to a database the tests may use")
+
+
+def schema_dsn(schema: str) -> str:
+    """The test server's DSN with `schema` as the search path."""
+    separator = "&" if "?" in TEST_POSTGRES else "?"
+    return f"{TEST_POSTGRES}{separator}options=-csearch_path%3D{schema}"
+
+
+@pytest.fixture(scope="session")
+def postgres_admin():
+    """Opens an autocommit connection to the test server (fails under CI, skips elsewhere, when
+    it is unreachable); `postgres_admin.url` is the server's DSN."""
+
+    def connect():
+        return _postgres_admin_connection()
+
+    connect.url = TEST_POSTGRES
+    with connect():  # reachable, or the test is failed or skipped here
+        pass
+    return connect
+
+
+@pytest.fixture
+def postgres_dsn():
+    """A DSN whose search path is a fresh schema of its own, dropped after the test."""
+    schema = f"kr_test_{uuid.uuid4().hex[:12]}"
+    with _postgres_admin_connection() as conn:
+        conn.execute(f"CREATE SCHEMA {schema}")
+    try:
+        yield schema_dsn(schema)
+    finally:
+        with _postgres_admin_connection() as conn:
+            conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def database_location(request, tmp_path):
+    """Where a store under test keeps its data: a SQLite file, then a PostgreSQL schema."""
+    if request.param == "sqlite":
+        return str(tmp_path / "store.db")
+    return request.getfixturevalue("postgres_dsn")
