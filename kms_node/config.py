@@ -11,7 +11,8 @@ Example (see ``deploy/node-shared.toml`` and ``deploy/node-dedicated.toml``)::
     pin_env = "KEYRELAY_HSM_PIN"    # the PIN itself never goes in this file
 
     [store]
-    path = "node.db"                # relative to this file's folder
+    path = "node.db"                # SQLite, relative to this file's folder ...
+    dsn = ""                        # ... unless this names PostgreSQL: "postgresql://kms@db.internal/keyrelay"
 """
 
 from __future__ import annotations
@@ -44,9 +45,9 @@ class HsmConfig:
     checkout_timeout_seconds: float = 5.0
 
 
-@dataclass(frozen=True)
-class StoreConfig:
-    """The node's key store."""
+@dataclass(frozen=True, repr=False)
+class StoreConfig(cfg.StoreSettings):
+    """The node's key store (and on a shared node its control plane); see `StoreSettings`."""
 
     path: str = "keyrelay-node.db"
 
@@ -143,8 +144,7 @@ class NodeConfig:
                 raise cfg.ConfigError(f"hsm.{key} must be above 0")
         if self.shutdown_grace_seconds < 0 or self.deletion_sweep_seconds <= 0:
             raise cfg.ConfigError("shutdown_grace_seconds must be >= 0 and deletion_sweep_seconds > 0")
-        if not self.store.path:
-            raise cfg.ConfigError("store.path is empty: name the SQLite file of the key store")
+        self.store.check()
         if self.metrics_listen:
             cfg.check_host_port("metrics_listen", self.metrics_listen)
         self._validate_tls()

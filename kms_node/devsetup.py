@@ -61,19 +61,21 @@ def write_node_config(
     tokens: list[str],
     listen: str,
     store_path: str,
+    store_dsn: str = "",
     mode: str = "shared",
     instance_id: str = "",
     module: str | None = None,
     extra: str = "",
 ) -> Path:
-    """Write a node TOML config for a dev pool (PINs come from KEYRELAY_HSM_PIN / _SO_PIN)."""
+    """Write a node TOML config for a dev pool (PINs come from KEYRELAY_HSM_PIN / _SO_PIN); the
+    store is SQLite at `store_path` unless `store_dsn` names a PostgreSQL database."""
     token_list = ", ".join(f'"{t}"' for t in tokens)
     instance = f'instance_id = "{instance_id}"\n' if instance_id else ""
     path.write_text(
         f'mode = "{mode}"\n{instance}listen = "{listen}"\nshutdown_grace_seconds = 5\n{extra}\n'
         f'[hsm]\nmodule = "{module or softhsm_module()}"\ntokens = [{token_list}]\n'
         'pin_env = "KEYRELAY_HSM_PIN"\nso_pin_env = "KEYRELAY_HSM_SO_PIN"\nslot_retry_seconds = 1\n\n'
-        f'[store]\npath = "{store_path}"\n'
+        f'[store]\npath = "{store_path}"\n' + (f'dsn = "{store_dsn}"\n' if store_dsn else "")
     )
     return path
 

@@ -5,9 +5,10 @@ KMS service, and on a shared node also the key registry, the admin service and c
 (the "shared KMS"). A dedicated node with `private_endpoint` also serves its tenant's clients
 there, with access-point credentials.
 
-Start-up order: bind the ports and answer health NOT_SERVING, open the key store, log in to every
-HSM slot, then attach the services and answer SERVING. Stop: health NOT_SERVING, drain
-in-flight calls for the grace period, close the HSM sessions and the store.
+Start-up order: bind the ports and answer health NOT_SERVING, open the key store (SQLite, or
+PostgreSQL shared with the node's other replicas), log in to every HSM slot, then attach the
+services and answer SERVING. Stop: health NOT_SERVING, drain in-flight calls for the grace
+period, close the HSM sessions and the store.
 """
 
 from __future__ import annotations
@@ -33,8 +34,8 @@ from kms_node.registry import KeyRegistry
 from kms_node.registry_servicer import AccessRegistryServicer, KeyRegistryServicer
 from kms_node.service import KeyService
 from kms_node.servicer import KeyManagementServicer
-from kms_node.store.admin_sqlite import SqliteAdminStore
-from kms_node.store.sqlite import SqliteKeyStore
+from kms_node.store.admin_sql import SqlAdminStore
+from kms_node.store.sql import SqlKeyStore
 
 log = logging.getLogger(__name__)
 KMS_SERVICE_NAME = kms_pb2.DESCRIPTOR.services_by_name["KeyManagementService"].full_name
@@ -80,8 +81,8 @@ class NodeServer:
             self._private_health = Health(self._private_server, [KMS_SERVICE_NAME])
             add_reflection(self._private_server, [KMS_SERVICE_NAME])
         self.pool: Pkcs11Pool | None = None
-        self.store: SqliteKeyStore | None = None
-        self.admin_store: SqliteAdminStore | None = None
+        self.store: SqlKeyStore | None = None
+        self.admin_store: SqlAdminStore | None = None
         self.service: KeyService | None = None
         self.port: int | None = None
         self.private_port: int | None = None
@@ -117,7 +118,8 @@ class NodeServer:
                  self.config.mode, f" {self.config.instance_id}" if self.config.instance_id else "", self.port)
         try:
             loop = asyncio.get_running_loop()
-            self.store = await loop.run_in_executor(None, SqliteKeyStore, self.config.store.path)
+            log.info("opening the key store: %s", self.config.store.shown)
+            self.store = await loop.run_in_executor(None, SqlKeyStore, self.config.store.location)
             hsm = self.config.hsm
             self.pool = Pkcs11Pool(
                 hsm.module,
@@ -157,7 +159,7 @@ class NodeServer:
         """The shared KMS's registry, admin service and credential checks (and the bootstrap admin)."""
         ca_config = self.config.ca
         ca = CertificateAuthority.load(ca_config.cert, ca_config.key) if ca_config.cert else None
-        self.admin_store = await loop.run_in_executor(None, SqliteAdminStore, self.config.store.path)
+        self.admin_store = await loop.run_in_executor(None, SqlAdminStore, self.config.store.location)
         self._admin = AdminService(self.admin_store, ca, operator_tenant=ca_config.operator_tenant)
         if ca_config.bootstrap_dir:
             await self._admin.bootstrap_admin(ca_config.bootstrap_dir)

@@ -12,6 +12,7 @@ import base64
 import json
 import logging
 import os
+import random
 import re
 import time
 import uuid
@@ -105,12 +106,18 @@ async def retry_on_conflict(
 ) -> T:
     """Run a read-modify-write `attempt` again while it raises RevisionConflict (another writer won
     the race); after `attempts` tries raise `exhausted()`."""
-    for _ in range(attempts):
+    for tries in range(attempts):
         try:
             return await attempt()
         except RevisionConflict:
-            continue
+            await _conflict_pause(tries)
     raise exhausted()
+
+
+async def _conflict_pause(tries: int) -> None:
+    """A short random pause after a lost compare-and-set, growing with the losses, so writers
+    racing on one key (on several replicas) do not keep colliding in step."""
+    await asyncio.sleep(random.uniform(0, min(0.05, 0.002 * 2**tries)))
 
 
 def _fmt_time(ts: float) -> str:
@@ -462,7 +469,7 @@ class KeyService:
         record = await self._lookup(caller, ref)
         _require_usable(record)
         wrapped = await self._hsm.run(lambda session: session.generate_wrapped_key())
-        for _ in range(_CAS_ATTEMPTS):
+        for tries in range(_CAS_ATTEMPTS):
             _require_usable(record)
             new_version = VersionRecord(record.primary_version + 1, self._clock(), wrapped)
             try:
@@ -470,6 +477,7 @@ class KeyService:
                     self._store.update_key, record.evolve(primary_version=new_version.version), new_version
                 )
             except RevisionConflict:
+                await _conflict_pause(tries)
                 record = await self._lookup(caller, record.key_id)
                 continue
             log.info("rotated key %s to version %d", record.key_id, new_version.version)
@@ -502,13 +510,24 @@ class KeyService:
     async def create_alias(self, caller: Caller, alias: str, ref: str) -> KeyRecord:
         """Point a new alias at a key of the caller's tenant."""
         check_alias(alias)
-        record = await self._lookup(caller, ref)
-        _not_pending(record, "alias it")
-        try:
-            await self._db(self._store.create_alias, caller.tenant_id, alias, record.key_id)
-        except AliasTaken:
-            raise AliasExistsError(f"alias {alias!r} is taken in tenant {caller.tenant_id!r}; delete it first") from None
-        return await self._lookup(caller, record.key_id)
+
+        async def attempt() -> KeyRecord:
+            # Compare-and-set on the key's revision, like every other change of a key: an alias
+            # never lands on a key another replica scheduled for deletion (or purged) meanwhile.
+            record = await self._lookup(caller, ref)
+            _not_pending(record, "alias it")
+            if alias in record.aliases:
+                raise AliasExistsError(f"alias {alias!r} is taken: it already points at key {record.key_id}")
+            try:
+                return await self._db(self._store.replace_aliases, record, (*record.aliases, alias))
+            except AliasTaken:
+                raise AliasExistsError(
+                    f"alias {alias!r} is taken in tenant {caller.tenant_id!r}; delete it first"
+                ) from None
+
+        return await retry_on_conflict(
+            attempt, lambda: KeyStateConflictError(f"key {ref} is being changed by other requests; retry")
+        )
 
     async def delete_alias(self, caller: Caller, alias: str) -> str:
         """Remove an alias; returns the key id it pointed to."""

@@ -20,9 +20,9 @@ from kms_node.admin import AdminService
 from kms_node.admin_servicer import AdminServicer
 from kms_node.registry import KeyRegistry
 from kms_node.registry_servicer import AccessRegistryServicer, KeyRegistryServicer
-from kms_node.store.admin_sqlite import SqliteAdminStore
+from kms_node.store.admin_sql import SqlAdminStore
 from kms_node.store.base import KeyRecord, KeyState, VersionRecord
-from kms_node.store.sqlite import SqliteKeyStore
+from kms_node.store.sql import SqlKeyStore
 
 OPERATOR = (("keyrelay-tenant", "operator"), ("keyrelay-admin-scope", "all"))
 ACME = (("keyrelay-tenant", "acme"),)
@@ -62,7 +62,7 @@ def ca(tmp_path_factory):
 @contextlib.asynccontextmanager
 async def serving(path: str, ca, *, ready: bool = True):
     """A started Node on a fresh store file, stopped and closed afterwards."""
-    keys, admin_store = SqliteKeyStore(path), SqliteAdminStore(path)
+    keys, admin_store = SqlKeyStore(path), SqlAdminStore(path)
     served = Node(keys, admin_store, ca, ready=ready)
     await served.server.start()
     try:

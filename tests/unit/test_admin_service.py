@@ -1,11 +1,11 @@
-"""Unit tests of kms_node/admin.py (instances, access points, credentials) and its SQLite store,
-on a real SQLite file and a real CA in tmp_path, with a settable clock."""
+"""Unit tests of kms_node/admin.py (instances, access points, credentials) over its store on a real
+SQLite file and a real CA in tmp_path, with a settable clock. The store itself is tested on both
+engines in tests/integration/test_node_admin_store.py."""
 
 from __future__ import annotations
 
 import asyncio
 import base64
-import sqlite3
 import stat
 
 import pytest
@@ -30,8 +30,7 @@ from foundation.errors import (
     UnauthenticatedError,
 )
 from kms_node.admin import AdminScope, AdminService
-from kms_node.store.admin_sqlite import SqliteAdminStore
-from kms_node.store.sqlite import SqliteKeyStore
+from kms_node.store.admin_sql import SqlAdminStore
 
 DAY = 86400.0
 ACME = AdminScope("acme")
@@ -56,7 +55,7 @@ def db_path(tmp_path):
 
 @pytest.fixture
 def store(db_path):
-    s = SqliteAdminStore(db_path)
+    s = SqlAdminStore(db_path)
     yield s
     s.close()
 
@@ -81,32 +80,6 @@ async def point(admin):
 async def certificate_of(admin, point, csr, days=0):
     credential, cert_pem, ca_pem = await admin.issue_credential(ACME, point.access_point_id, csr, days)
     return credential, x509.load_pem_x509_certificate(cert_pem), ca_pem
-
-
-# -- the store ----------------------------------------------------------------------------------
-
-
-def test_admin_store_shares_the_key_store_file(db_path, store):
-    """The control plane lives in the key store's file with its own schema-version table."""
-    keys = SqliteKeyStore(db_path)
-    try:
-        assert (keys.schema_version(), store.schema_version()) == (2, 1)
-        with sqlite3.connect(db_path) as raw:
-            tables = {name for (name,) in raw.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-        assert {"keys", "schema_version", "admin_schema_version", "instances", "access_points", "credentials"} <= tables
-        again = SqliteAdminStore(db_path)
-        assert again.schema_version() == 1
-        again.close()
-    finally:
-        keys.close()
-
-
-def test_admin_store_refuses_a_newer_schema(db_path, store):
-    """A file whose control-plane schema is newer than this keyrelay is refused."""
-    with sqlite3.connect(db_path) as raw:
-        raw.execute("UPDATE admin_schema_version SET version = 42")
-    with pytest.raises(RuntimeError, match="upgrade keyrelay"):
-        SqliteAdminStore(db_path)
 
 
 # -- instances ----------------------------------------------------------------------------------

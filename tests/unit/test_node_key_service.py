@@ -1,4 +1,4 @@
-"""Unit tests of kms_node/service.py: KeyService over a fake HSM and a SqliteKeyStore."""
+"""Unit tests of kms_node/service.py: KeyService over a fake HSM and a SqlKeyStore."""
 
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ from foundation.errors import (
 )
 from kms_node.service import Caller, CryptoResult, KeyService
 from kms_node.store.base import KeyRecord, KeyState, VersionRecord
-from kms_node.store.sqlite import SqliteKeyStore
+from kms_node.store.sql import SqlKeyStore
 
 DAY = 86400.0
 T0 = 1_750_000_000.0
@@ -65,7 +65,7 @@ def hsm() -> FakeHsm:
 
 @pytest.fixture
 def store(tmp_path):
-    s = SqliteKeyStore(str(tmp_path / "node.db"))
+    s = SqlKeyStore(str(tmp_path / "node.db"))
     yield s
     s.close()
 
@@ -447,7 +447,7 @@ async def test_purge_due_keys_with_injected_clock(service, key, clock):
 async def test_purge_skips_a_key_cancelled_after_it_was_listed(tmp_path, hsm, clock):
     """If a deletion is cancelled between listing due keys and deleting them, the key survives."""
 
-    class CancelRacingStore(SqliteKeyStore):
+    class CancelRacingStore(SqlKeyStore):
         def keys_due_for_deletion(self, now):
             due = super().keys_due_for_deletion(now)
             for key_id in due:  # another replica cancels the deletion right now

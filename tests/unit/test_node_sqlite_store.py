@@ -1,25 +1,15 @@
-"""Unit tests of kms_node/store/sqlite.py on a temporary SQLite file."""
+"""What is particular to the node's stores on SQLite (kms_node/store/sql.py and admin_sql.py with a
+file path). Their behaviour on both engines is tested in tests/integration/test_node_key_store.py
+and test_node_admin_store.py."""
 
 from __future__ import annotations
 
 import sqlite3
-import threading
-import uuid
 
 import pytest
 
-from fake_clock import Clock
-from kms_node.store.base import (
-    AliasTaken,
-    KeyRecord,
-    KeyState,
-    RequestIdTaken,
-    Reservation,
-    RevisionConflict,
-    VersionRecord,
-)
-from kms_node.store.sqlite import MIGRATIONS, SqliteKeyStore
-from foundation.sqlite_db import SqliteDatabase
+from kms_node.store.admin_sql import SqlAdminStore
+from kms_node.store.sql import SqlKeyStore
 
 
 @pytest.fixture
@@ -27,400 +17,34 @@ def db_path(tmp_path) -> str:
     return str(tmp_path / "nested" / "store.db")
 
 
-@pytest.fixture
-def store(db_path):
-    s = SqliteKeyStore(db_path)
-    yield s
-    s.close()
-
-
-def record(tenant: str = "acme", create_time: float = 1000.0, key_id: str | None = None, **changes) -> KeyRecord:
-    fields = dict(
-        key_id=key_id or str(uuid.uuid4()),
-        tenant_id=tenant,
-        description="a key",
-        tags={"team": "payments", "env": "prod"},
-        state=KeyState.ENABLED,
-        instance_id="",
-        key_spec="AES_256",
-        primary_version=1,
-        min_decryption_version=1,
-        create_time=create_time,
-        versions=(VersionRecord(1, create_time, b"\x01wrapped-v1"),),
-    )
-    fields.update(changes)
-    return KeyRecord(**fields)
-
-
-# -- schema -------------------------------------------------------------------------------------
-
-
-def test_migration_creates_latest_schema(store, db_path):
-    """A new file gets every table at the latest schema version (and its parent folder is created)."""
-    assert len(MIGRATIONS) == 2
-    assert store.schema_version() == 2
-    with sqlite3.connect(db_path) as raw:
-        tables = {name for (name,) in raw.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-        assert {"keys", "key_versions", "aliases", "reservations", "schema_version"} <= tables
-        assert raw.execute("SELECT version FROM schema_version").fetchall() == [(2,)]
-        columns = {row[1] for row in raw.execute("PRAGMA table_info(keys)")}
-        assert "update_time" in columns
-
-
-def test_migration_from_version_1_keeps_keys(db_path):
-    """A version-1 file (before the registry) is migrated to version 2: its keys keep every field,
-    their update time becomes their create time, and reservations start empty."""
-    old = SqliteDatabase(db_path, MIGRATIONS[:1], "schema_version")
-    key_id = str(uuid.uuid4())
-    old.write(lambda conn: (
-        conn.execute(
-            "INSERT INTO keys (key_id, tenant_id, description, tags, state, instance_id, key_spec, primary_version, "
-            "min_decryption_version, create_time, deletion_time, revision) "
-            "VALUES (?, 'acme', 'old', '{}', 'ENABLED', '', 'AES_256', 1, 1, 123.5, NULL, 3)",
-            (key_id,),
-        ),
-        conn.execute("INSERT INTO key_versions VALUES (?, 1, 123.5, ?)", (key_id, b"wrapped")),
-        conn.execute("INSERT INTO aliases VALUES ('acme', 'alias/old', ?)", (key_id,)),
-    ))
-    assert old.schema_version() == 1
-    old.close()
-
-    store = SqliteKeyStore(db_path)
+def test_a_path_opens_sqlite_in_wal_mode_creating_its_folder(db_path):
+    """A plain path is a SQLite file (its parent folder is created), in WAL mode so that readers
+    do not block the writer."""
+    store = SqlKeyStore(db_path)
     try:
-        assert store.schema_version() == 2
-        migrated = store.get_key(key_id)
-        assert (migrated.description, migrated.revision, migrated.aliases) == ("old", 3, ("alias/old",))
-        assert migrated.versions == (VersionRecord(1, 123.5, b"wrapped"),)
-        assert migrated.update_time == 123.5
-        assert store.find_reservation("anything") is None
+        assert store.location == db_path
+        with sqlite3.connect(db_path) as raw:
+            assert raw.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+            assert raw.execute("SELECT version FROM schema_version").fetchall() == [(2,)]
     finally:
         store.close()
-
-
-def test_reopening_is_idempotent_and_keeps_data(store, db_path):
-    """Opening the same file again migrates nothing, keeps one version row and keeps the keys."""
-    created = store.create_key(record(), "alias/a")
-    again = SqliteKeyStore(db_path)
-    try:
-        assert again.schema_version() == 2
-        assert again.get_key(created.key_id) == created
-        with sqlite3.connect(db_path) as raw:
-            assert raw.execute("SELECT COUNT(*) FROM schema_version").fetchone() == (1,)
-    finally:
-        again.close()
-    SqliteKeyStore(db_path).close()  # a third time still fine
-
-
-def test_newer_schema_is_refused(db_path):
-    """A file from a newer keyrelay (schema above what this one knows) is refused, not touched."""
-    SqliteKeyStore(db_path).close()
-    with sqlite3.connect(db_path) as raw:
-        raw.execute("UPDATE schema_version SET version = 99")
-    with pytest.raises(RuntimeError, match="upgrade keyrelay"):
-        SqliteKeyStore(db_path)
-    with sqlite3.connect(db_path) as raw:
-        assert raw.execute("SELECT version FROM schema_version").fetchone() == (99,)
-
-
-def test_wal_mode(store, db_path):
-    """The store runs in WAL mode (readers do not block the writer)."""
-    with sqlite3.connect(db_path) as raw:
-        assert raw.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
 
 
 def test_memory_store_is_refused():
     """Worker threads each open a connection; an in-memory database would differ per thread."""
     with pytest.raises(ValueError, match="file path"):
-        SqliteKeyStore(":memory:")
+        SqlKeyStore(":memory:")
+    with pytest.raises(ValueError, match="file path"):
+        SqlAdminStore(":memory:")
 
 
-def test_create_and_get_round_trip(store):
-    """Everything written comes back: metadata, tags, versions with their bytes, and the alias."""
-    original = record(versions=(VersionRecord(1, 1000.0, b"\x00v1\xff"), VersionRecord(2, 1001.5, b"v2")), primary_version=2)
-    created = store.create_key(original, "alias/pay")
-    assert created.aliases == ("alias/pay",)
-    fetched = store.get_key(original.key_id)
-    assert fetched == created
-    assert fetched.tags == {"team": "payments", "env": "prod"}
-    assert [(v.version, v.create_time, v.wrapped) for v in fetched.versions] == [
-        (1, 1000.0, b"\x00v1\xff"),
-        (2, 1001.5, b"v2"),
-    ]
-    assert fetched.version(2).wrapped == b"v2" and fetched.version(3) is None
-    assert fetched.revision == 1
-    assert store.resolve_alias("acme", "alias/pay") == original.key_id
-
-
-def test_get_missing_key(store):
-    """An unknown key id gives None."""
-    assert store.get_key(str(uuid.uuid4())) is None
-
-
-def test_list_orders_by_create_time_then_key_id_and_pages(store):
-    """Keys come ordered by (create_time, key_id); `after` continues strictly after a position."""
-    ids = [f"00000000-0000-4000-8000-00000000000{n}" for n in range(4)]
-    # Inserted out of order; two keys share create_time 2.0, so the key id breaks the tie.
-    store.create_key(record(create_time=3.0, key_id=ids[0]), None)
-    store.create_key(record(create_time=1.0, key_id=ids[3]), None)
-    store.create_key(record(create_time=2.0, key_id=ids[2]), None)
-    store.create_key(record(create_time=2.0, key_id=ids[1]), None)
-    store.create_key(record(tenant="other", create_time=0.5), None)
-
-    everything = store.list_keys("acme", None, 100)
-    assert [r.key_id for r in everything] == [ids[3], ids[1], ids[2], ids[0]]
-    assert all(r.tenant_id == "acme" for r in everything)
-
-    pages, after = [], None
-    while True:
-        page = store.list_keys("acme", after, 2)
-        if not page:
-            break
-        pages.append([r.key_id for r in page])
-        after = (page[-1].create_time, page[-1].key_id)
-    assert [len(p) for p in pages] == [2, 2]
-    assert [key for page in pages for key in page] == [r.key_id for r in everything]
-
-
-def test_list_of_tenant_without_keys(store):
-    """A tenant with no keys lists nothing."""
-    store.create_key(record(), None)
-    assert store.list_keys("nobody", None, 10) == []
-
-
-# -- aliases ------------------------------------------------------------------------------------
-
-
-def test_alias_unique_per_tenant(store):
-    """The same alias is refused twice in one tenant, and the refused key is not created at all."""
-    first = store.create_key(record(), "alias/shared-name")
-    second = record()
-    with pytest.raises(AliasTaken):
-        store.create_key(second, "alias/shared-name")
-    assert store.get_key(second.key_id) is None
-    assert store.resolve_alias("acme", "alias/shared-name") == first.key_id
-
-
-def test_same_alias_in_two_tenants(store):
-    """Two tenants may each use the same alias name, resolving to their own keys."""
-    a = store.create_key(record(tenant="acme"), "alias/main")
-    b = store.create_key(record(tenant="globex"), "alias/main")
-    assert store.resolve_alias("acme", "alias/main") == a.key_id
-    assert store.resolve_alias("globex", "alias/main") == b.key_id
-    assert store.resolve_alias("initech", "alias/main") is None
-
-
-def test_create_and_delete_alias(store):
-    """create_alias adds a second name (bumping the revision); delete_alias returns the key id."""
-    key = store.create_key(record(), "alias/one")
-    store.create_alias("acme", "alias/two", key.key_id)
-    fetched = store.get_key(key.key_id)
-    assert fetched.aliases == ("alias/one", "alias/two")
-    assert fetched.revision == key.revision + 1
-    with pytest.raises(AliasTaken):
-        store.create_alias("acme", "alias/one", key.key_id)
-    assert store.delete_alias("acme", "alias/one") == key.key_id
-    assert store.delete_alias("acme", "alias/one") is None
-    assert store.delete_alias("globex", "alias/two") is None  # another tenant's alias is untouched
-    assert store.get_key(key.key_id).aliases == ("alias/two",)
-
-
-# -- compare-and-set updates ----------------------------------------------------------------------
-
-
-def test_update_bumps_revision_and_saves(store):
-    """A current revision saves the changes and returns the record with revision + 1."""
-    key = store.create_key(record(), None)
-    updated = store.update_key(key.evolve(description="new", tags={"x": "y"}, state=KeyState.DISABLED))
-    assert updated.revision == key.revision + 1
-    assert (updated.description, updated.tags, updated.state) == ("new", {"x": "y"}, KeyState.DISABLED)
-    assert store.get_key(key.key_id) == updated
-
-
-def test_stale_revision_raises_and_changes_nothing(store):
-    """A write based on an old read raises RevisionConflict and leaves the stored key alone."""
-    key = store.create_key(record(), None)
-    winner = store.update_key(key.evolve(description="winner"))
-    with pytest.raises(RevisionConflict):
-        store.update_key(key.evolve(description="loser"), VersionRecord(2, 5.0, b"v2"))
-    stored = store.get_key(key.key_id)
-    assert stored.description == "winner"
-    assert stored.revision == winner.revision
-    assert [v.version for v in stored.versions] == [1]  # the new version was rolled back too
-
-
-def test_alias_change_makes_earlier_reads_stale(store):
-    """Adding an alias bumps the revision, so a write based on an earlier read conflicts."""
-    key = store.create_key(record(), None)
-    store.create_alias("acme", "alias/late", key.key_id)
-    with pytest.raises(RevisionConflict):
-        store.update_key(key.evolve(description="stale"))
-
-
-def test_update_with_new_version(store):
-    """A rotation saves the new version and primary version in one write."""
-    key = store.create_key(record(), None)
-    rotated = store.update_key(key.evolve(primary_version=2), VersionRecord(2, 2000.0, b"v2-wrapped"))
-    assert rotated.primary_version == 2
-    assert [(v.version, v.wrapped) for v in rotated.versions] == [(1, b"\x01wrapped-v1"), (2, b"v2-wrapped")]
-
-
-def test_update_of_missing_key_conflicts(store):
-    """Updating a key that does not exist is a conflict, not a silent success."""
-    with pytest.raises(RevisionConflict):
-        store.update_key(record())
-
-
-# -- deletion -------------------------------------------------------------------------------------
-
-
-def test_keys_due_for_deletion(store):
-    """Only PENDING_DELETION keys whose deletion time has passed (inclusive) are due."""
-    due = store.create_key(record(state=KeyState.PENDING_DELETION, deletion_time=100.0), None)
-    later = store.create_key(record(state=KeyState.PENDING_DELETION, deletion_time=200.0), None)
-    store.create_key(record(state=KeyState.DISABLED, deletion_time=50.0), None)  # not pending: never due
-    store.create_key(record(), None)
-    assert store.keys_due_for_deletion(99.9) == []
-    assert store.keys_due_for_deletion(100.0) == [due.key_id]
-    assert sorted(store.keys_due_for_deletion(1e12)) == sorted([due.key_id, later.key_id])
-
-
-def test_delete_key_removes_versions_and_aliases(store, db_path):
-    """delete_key with the current revision removes the key, its versions and its aliases."""
-    key = store.create_key(record(state=KeyState.PENDING_DELETION, deletion_time=1.0), "alias/doomed")
-    keep = store.create_key(record(), "alias/keep")
-    assert store.delete_key(key.key_id, key.revision + 5) is False  # stale revision: nothing deleted
-    assert store.get_key(key.key_id) is not None
-
-    assert store.delete_key(key.key_id, key.revision) is True
-    assert store.get_key(key.key_id) is None
-    assert store.resolve_alias("acme", "alias/doomed") is None
-    assert store.keys_due_for_deletion(1e12) == []
-    with sqlite3.connect(db_path) as raw:
-        assert raw.execute("SELECT COUNT(*) FROM key_versions WHERE key_id = ?", (key.key_id,)).fetchone() == (0,)
-    assert store.get_key(keep.key_id) is not None
-    assert store.delete_key(key.key_id, key.revision) is False  # already gone
-
-
-def test_concurrent_threads_share_the_file(store):
-    """Writes from several threads (one connection each) all land."""
-    errors: list[Exception] = []
-
-    def create(n: int) -> None:
-        try:
-            store.create_key(record(create_time=float(n)), f"alias/t{n}")
-        except Exception as exc:  # noqa: BLE001
-            errors.append(exc)
-
-    threads = [threading.Thread(target=create, args=(n,)) for n in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert errors == []
-    assert len(store.list_keys("acme", None, 100)) == 8
-
-
-# -- update time ----------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def clocked(tmp_path):
-    s = SqliteKeyStore(str(tmp_path / "clocked.db"), clock=Clock(5000.0, step=1.0))
-    yield s
-    s.close()
-
-
-def test_update_time_is_set_on_every_change(clocked):
-    """A new key's update time is its create time; every later change stamps the store's clock."""
-    key = clocked.create_key(record(create_time=1000.0), None)
-    assert key.update_time == 1000.0 == clocked.get_key(key.key_id).update_time
-    updated = clocked.update_key(key.evolve(description="x"))
-    assert updated.update_time == 5001.0
-    clocked.create_alias("acme", "alias/t", key.key_id)
-    assert clocked.get_key(key.key_id).update_time == 5002.0
-    clocked.delete_alias("acme", "alias/t")
-    assert clocked.get_key(key.key_id).update_time == 5003.0
-    replaced = clocked.replace_aliases(clocked.get_key(key.key_id), ["alias/r"])
-    assert replaced.update_time == 5004.0
-
-
-# -- registry records -----------------------------------------------------------------------------
-
-
-def registry_record(tenant: str = "acme", instance: str = "ded-1", **changes) -> KeyRecord:
-    return record(
-        tenant=tenant, instance_id=instance, state=KeyState.CREATING, primary_version=0, min_decryption_version=0,
-        versions=(), description="", tags={}, **changes,
-    )
-
-
-def test_replace_aliases_sets_the_complete_set(store):
-    """replace_aliases saves the metadata and makes the given aliases exactly the key's, in one
-    revision; an empty list removes them all."""
-    key = store.create_key(record(), "alias/a")
-    store.create_alias("acme", "alias/b", key.key_id)
-    current = store.get_key(key.key_id)
-    replaced = store.replace_aliases(current.evolve(state=KeyState.DISABLED), ["alias/b", "alias/c", "alias/c"])
-    assert replaced.aliases == ("alias/b", "alias/c")
-    assert replaced.state == KeyState.DISABLED
-    assert replaced.revision == current.revision + 1
-    assert store.resolve_alias("acme", "alias/a") is None
-    assert store.resolve_alias("acme", "alias/c") == key.key_id
-    emptied = store.replace_aliases(replaced, [])
-    assert emptied.aliases == () and emptied.revision == replaced.revision + 1
-
-
-def test_replace_aliases_refuses_taken_alias_and_stale_revision(store):
-    """An alias of another key of the tenant is refused and nothing changes; another tenant's
-    alias of the same name is no obstacle; a stale revision conflicts."""
-    key = store.create_key(record(), "alias/mine")
-    store.create_key(record(), "alias/theirs")
-    store.create_key(record(tenant="globex"), "alias/elsewhere")
-    with pytest.raises(AliasTaken):
-        store.replace_aliases(key.evolve(state=KeyState.DISABLED), ["alias/new", "alias/theirs"])
-    unchanged = store.get_key(key.key_id)
-    assert (unchanged.aliases, unchanged.state, unchanged.revision) == (("alias/mine",), KeyState.ENABLED, key.revision)
-    assert store.resolve_alias("acme", "alias/new") is None
-    assert store.replace_aliases(key, ["alias/elsewhere"]).aliases == ("alias/elsewhere",)
-    with pytest.raises(RevisionConflict):
-        store.replace_aliases(key, ["alias/late"])
-
-
-def test_reserve_key_is_idempotent_per_request_id(store):
-    """The same request id and tenant get the first reservation back, even with another record;
-    the reservation is findable; another tenant cannot reuse the request id."""
-    first = store.reserve_key(registry_record(), "alias/ded", "req-1")
-    assert first.state == KeyState.CREATING and first.aliases == ("alias/ded",)
-    assert first.versions == () and first.primary_version == 0
-    again = store.reserve_key(registry_record(), "alias/other", "req-1")
-    assert again == store.get_key(first.key_id)
-    assert store.resolve_alias("acme", "alias/other") is None
-    assert store.find_reservation("req-1") == Reservation("req-1", "acme", first.key_id)
-    with pytest.raises(RequestIdTaken):
-        store.reserve_key(registry_record(tenant="globex"), None, "req-1")
-
-
-def test_reserve_key_after_the_key_is_gone_reserves_afresh(store):
-    """Once the reserved key is deleted (aborted), the request id reserves a new key."""
-    first = store.reserve_key(registry_record(), "alias/ded", "req-2")
-    assert store.delete_key(first.key_id, first.revision)
-    second = store.reserve_key(registry_record(), "alias/ded", "req-2")
-    assert second.key_id != first.key_id
-    assert store.find_reservation("req-2").key_id == second.key_id
-
-
-def test_reserve_key_alias_conflicts_across_shared_and_dedicated(store):
-    """A reservation cannot take an alias of a shared key of the tenant, and is not recorded."""
-    store.create_key(record(), "alias/taken")
-    with pytest.raises(AliasTaken):
-        store.reserve_key(registry_record(), "alias/taken", "req-3")
-    assert store.find_reservation("req-3") is None
-
-
-def test_registry_records_are_listed_once_committed(store):
-    """CREATING reservations are not listed; committed registry records are, beside shared keys."""
-    shared = store.create_key(record(create_time=1.0), None)
-    reserved = store.reserve_key(registry_record(create_time=2.0), None, "req-4")
-    assert [r.key_id for r in store.list_keys("acme", None, 10)] == [shared.key_id]
-    store.update_key(reserved.evolve(state=KeyState.ENABLED))
-    assert [r.key_id for r in store.list_keys("acme", None, 10)] == [shared.key_id, reserved.key_id]
+def test_key_and_admin_store_share_one_file(db_path):
+    """The shared node keeps both in one file, each with its own schema-version table."""
+    keys, admin = SqlKeyStore(db_path), SqlAdminStore(db_path)
+    try:
+        with sqlite3.connect(db_path) as raw:
+            tables = {name for (name,) in raw.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        assert {"keys", "schema_version", "admin_schema_version", "instances", "credentials"} <= tables
+    finally:
+        admin.close()
+        keys.close()

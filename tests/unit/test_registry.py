@@ -22,9 +22,9 @@ from foundation.errors import (
 from kms_node.registry import KeyRegistry
 from kms_node.service import Caller, KeyService
 from kms_node.store.admin_base import Instance
-from kms_node.store.admin_sqlite import SqliteAdminStore
+from kms_node.store.admin_sql import SqlAdminStore
 from kms_node.store.base import KeyState
-from kms_node.store.sqlite import SqliteKeyStore
+from kms_node.store.sql import SqlKeyStore
 
 DAY = 86400.0
 A, B = Caller("acme"), Caller("globex")
@@ -39,7 +39,7 @@ def clock():
 @pytest.fixture
 def stores(tmp_path, clock):
     path = str(tmp_path / "shared.db")
-    keys, admin = SqliteKeyStore(path, clock=clock), SqliteAdminStore(path)
+    keys, admin = SqlKeyStore(path, clock=clock), SqlAdminStore(path)
     for instance_id, tenant in ((DEDICATED, "acme"), ("globex-ded", "globex")):
         admin.add_instance(Instance(instance_id, tenant, ("10.0.0.1:7101",), "10.0.0.1:7201", (), False, T0))
     yield keys, admin

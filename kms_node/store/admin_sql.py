@@ -1,10 +1,10 @@
-"""The control-plane store in SQLite: the shared node keeps it in the same file as its key store,
-with its own schema-version table (`admin_schema_version`) and migrations."""
+"""The control-plane store in SQL, on SQLite or PostgreSQL like the key store (`kms_node.store.sql`):
+the shared node keeps it in the key store's database, with its own schema-version table
+(`admin_schema_version`) and migrations."""
 
 from __future__ import annotations
 
 import json
-import sqlite3
 
 from kms_node.store.admin_base import (
     AccessPoint,
@@ -15,9 +15,11 @@ from kms_node.store.admin_base import (
     InstanceIdTaken,
     SerialTaken,
 )
-from foundation.sqlite_db import SqliteDatabase
+from foundation.database import open_database
+from kms_node.store.sql_errors import run_write
 
-# Each entry migrates the schema from version i to i + 1; append, never edit.
+# Each entry migrates the schema from version i to i + 1; append, never edit. Written for SQLite;
+# `foundation.postgres_db` maps the type names for PostgreSQL. Booleans are integers 0 and 1.
 MIGRATIONS: tuple[str, ...] = (
     """
     CREATE TABLE instances (
@@ -96,24 +98,26 @@ def _credential(row: tuple) -> Credential:
     )
 
 
-class SqliteAdminStore:
-    """An `AdminStore` in one SQLite file (typically the key store's). One connection per thread."""
+class SqlAdminStore:
+    """An `AdminStore` in SQLite (a file path) or PostgreSQL (a `postgresql://` DSN), typically the
+    key store's database."""
 
-    def __init__(self, path: str) -> None:
-        self._db = SqliteDatabase(path, MIGRATIONS, "admin_schema_version", what="control-plane store")
-        self.path = path
+    def __init__(self, location: str) -> None:
+        self._db = open_database(location, MIGRATIONS, "admin_schema_version", what="control-plane store")
+        #: Where the store is, fit for messages (a DSN's password is masked).
+        self.location = self._db.path
 
     def schema_version(self) -> int:
-        """The control-plane schema version of the file."""
+        """The control-plane schema version of the database."""
         return self._db.schema_version()
 
-    def _one(self, sql: str, args: tuple, conn: sqlite3.Connection | None = None):
+    def _one(self, sql: str, args: tuple, conn=None):
         return (conn or self._db.conn()).execute(sql, args).fetchone()
 
     # -- instances ------------------------------------------------------------------------
 
     def add_instance(self, instance: Instance) -> Instance:
-        def insert(conn: sqlite3.Connection) -> Instance:
+        def insert(conn) -> Instance:
             if self._one("SELECT 1 FROM instances WHERE instance_id = ?", (instance.instance_id,), conn):
                 raise InstanceIdTaken(instance.instance_id)
             conn.execute(
@@ -126,24 +130,25 @@ class SqliteAdminStore:
             )
             return instance
 
-        return self._db.write(insert)
+        return run_write(self._db, insert, {"instances": lambda: InstanceIdTaken(instance.instance_id)})
 
     def get_instance(self, instance_id: str) -> Instance | None:
         row = self._one(f"SELECT {_INSTANCE} FROM instances WHERE instance_id = ?", (instance_id,))
         return _instance(row) if row else None
 
     def list_instances(self, tenant_id: str | None, after: str | None, limit: int) -> list[Instance]:
-        rows = self._db.conn().execute(
-            f"SELECT {_INSTANCE} FROM instances WHERE (? IS NULL OR tenant_id = ?) AND instance_id > ? "
-            "ORDER BY instance_id LIMIT ?",
-            (tenant_id, tenant_id, after or "", limit),
-        ).fetchall()
+        # Two statements rather than `? IS NULL`: PostgreSQL cannot type a parameter compared with NULL.
+        if tenant_id is None:
+            sql, args = f"SELECT {_INSTANCE} FROM instances WHERE instance_id > ?", (after or "",)
+        else:
+            sql, args = f"SELECT {_INSTANCE} FROM instances WHERE tenant_id = ? AND instance_id > ?", (tenant_id, after or "")
+        rows = self._db.conn().execute(sql + " ORDER BY instance_id LIMIT ?", (*args, limit)).fetchall()
         return [_instance(row) for row in rows]
 
     # -- access points --------------------------------------------------------------------
 
     def add_access_point(self, access_point: AccessPoint) -> AccessPoint:
-        def insert(conn: sqlite3.Connection) -> AccessPoint:
+        def insert(conn) -> AccessPoint:
             conn.execute(
                 f"INSERT INTO access_points ({_ACCESS_POINT}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 (
@@ -178,7 +183,7 @@ class SqliteAdminStore:
         return [_access_point(row) for row in rows]
 
     def delete_access_point(self, access_point_id: str, now: float) -> bool:
-        def delete(conn: sqlite3.Connection) -> bool:
+        def delete(conn) -> bool:
             conn.execute(
                 "UPDATE credentials SET revoked = 1, revoke_time = ? WHERE access_point_id = ? AND revoked = 0",
                 (now, access_point_id),
@@ -190,7 +195,7 @@ class SqliteAdminStore:
     # -- credentials ----------------------------------------------------------------------
 
     def add_credential(self, credential: Credential, max_live: int, now: float) -> Credential:
-        def insert(conn: sqlite3.Connection) -> Credential:
+        def insert(conn) -> Credential:
             ap_id = credential.access_point_id
             if not self._one("SELECT 1 FROM access_points WHERE access_point_id = ?", (ap_id,), conn):
                 raise AccessPointMissing(ap_id)
@@ -212,7 +217,7 @@ class SqliteAdminStore:
             )
             return credential
 
-        return self._db.write(insert)
+        return run_write(self._db, insert, {"credentials": lambda: SerialTaken(credential.serial)})
 
     def get_credential(self, serial: str) -> Credential | None:
         row = self._one(f"SELECT {_CREDENTIAL} FROM credentials WHERE serial = ?", (serial,))
@@ -226,7 +231,7 @@ class SqliteAdminStore:
         return [_credential(row) for row in rows]
 
     def revoke_credential(self, serial: str, now: float) -> Credential | None:
-        def revoke(conn: sqlite3.Connection) -> Credential | None:
+        def revoke(conn) -> Credential | None:
             conn.execute("UPDATE credentials SET revoked = 1, revoke_time = ? WHERE serial = ? AND revoked = 0", (now, serial))
             row = self._one(f"SELECT {_CREDENTIAL} FROM credentials WHERE serial = ?", (serial,), conn)
             return _credential(row) if row else None
