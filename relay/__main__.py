@@ -25,9 +25,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 async def _serve(config) -> int:
+    import psycopg
+
+    from foundation.errors import UnavailableError
     from relay.server import RelayServer
 
-    return await serve_until_terminated(RelayServer(config), "relay", log, (OSError, ConfigError, ValueError, RuntimeError))
+    # UnavailableError: PostgreSQL unreachable (the message names the DSN without its password);
+    # psycopg.Error: it refused the store (e.g. the user may not create the schema's tables).
+    startup_errors = (OSError, ConfigError, ValueError, RuntimeError, UnavailableError, psycopg.Error)
+    return await serve_until_terminated(RelayServer(config), "relay", log, startup_errors)
 
 
 def run(args: argparse.Namespace) -> int:

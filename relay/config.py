@@ -10,6 +10,7 @@ Example (see ``deploy/relay.toml``)::
 
     [store]
     path = "relay.db"           # relative to this file's folder
+    dsn = ""                    # or postgresql://relay@db.internal/keyrelay, shared by replicas
 
     [mailbox]
     max_messages = 10000
@@ -39,9 +40,9 @@ class ServerTlsConfig:
     key: str = ""
 
 
-@dataclass(frozen=True)
-class StoreConfig:
-    """Where the relay keeps accounts, records and mailboxes."""
+@dataclass(frozen=True, repr=False)
+class StoreConfig(cfg.StoreSettings):
+    """Where the relay keeps accounts, records and mailboxes; see `StoreSettings`."""
 
     path: str = "keyrelay-relay.db"
 
@@ -98,8 +99,7 @@ class RelayConfig:
                 f"listen {self.listen!r} is not a loopback address and tls is not set: device tokens must not "
                 "cross a network in plain text; set tls.cert and tls.key, or listen on 127.0.0.1"
             )
-        if not self.store.path:
-            raise cfg.ConfigError("store.path is empty: name the SQLite file of the relay's store")
+        self.store.check()
         if self.metrics_listen:
             cfg.check_host_port("metrics_listen", self.metrics_listen)
         if self.store_threads < 1:

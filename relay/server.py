@@ -20,7 +20,7 @@ from relay.config import RelayConfig
 from relay.service import RelayService
 from relay.servicer import DirectoryServicer, RelayServicer
 from relay.store.base import MailboxLimits, RelayStore
-from relay.store.sqlite import SqliteRelayStore
+from relay.store.sql import SqlRelayStore
 
 log = logging.getLogger(__name__)
 SERVICE_NAMES = [
@@ -50,7 +50,7 @@ class RelayServer:
         """Bind, open the store and serve; returns the bound port."""
         config = self.config
         loop = asyncio.get_running_loop()
-        self.store = await loop.run_in_executor(None, SqliteRelayStore, config.store.path)
+        self.store = await loop.run_in_executor(None, SqlRelayStore, config.store.location)
         limit = config.rate_limit
         self.service = RelayService(
             self.store,
@@ -65,6 +65,11 @@ class RelayServer:
             on_event=self.metrics.relay_event,
         )
         self.metrics.track_subscribers(lambda: self.service.signals.subscriber_count)
+        try:
+            await self.service.watch_store()  # before serving: no send of another relay goes unheard
+        except BaseException:
+            await self._release()
+            raise
         server = new_server(MAX_MESSAGE_BYTES, metrics=self.metrics)
         relay_pb2_grpc.add_RelayServiceServicer_to_server(RelayServicer(self.service), server)
         directory_pb2_grpc.add_DirectoryServiceServicer_to_server(DirectoryServicer(self.service), server)
@@ -87,8 +92,8 @@ class RelayServer:
         self._sweeper = asyncio.create_task(self._sweep_expired())
         await self._health.set_serving(True)
         log.info(
-            "relay serving on port %d (%s); store %s", port, "TLS" if credentials else "plain text, loopback only",
-            config.store.path,
+            "relay serving on port %d (%s); store: %s", port, "TLS" if credentials else "plain text, loopback only",
+            config.store.shown,
         )
         return port
 

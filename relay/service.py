@@ -7,8 +7,10 @@
   group-committed (`_SendBatcher`): one transaction, one fsync, for every send waiting at that
   moment, so throughput grows with concurrency instead of queueing on the disk.
   `subscribe` yields a mailbox's pending messages in store order, then waits for new ones; a send
-  wakes the recipient's subscribers through `MailboxSignals` (in process; replicas sharing a
-  database signal each other through it too).
+  wakes the recipient's subscribers through `MailboxSignals` (in process). Replicas sharing a
+  database hear of each other's sends through the store (`RelayStore.watch`: LISTEN/NOTIFY on
+  PostgreSQL) and wake their own subscribers the same way. A periodic re-check of idle mailboxes
+  is only a safety net.
 """
 
 from __future__ import annotations
@@ -62,8 +64,9 @@ MAX_KMS_KEY_ID = 256
 DELIVERY_BATCH = 128
 #: Sends committed in one transaction at most.
 MAX_SEND_BATCH = 512
-#: A subscriber with nothing to read re-checks its mailbox this often even without a signal,
-#: so an expiry or a missed wake-up never stalls it for long.
+#: A subscriber with nothing to read re-checks its mailbox this often even without a signal, so
+#: a missed wake-up never stalls it for long (a safety net: sends on this relay and, through
+#: `RelayStore.watch`, on other relays sharing the store wake subscribers at once).
 IDLE_RECHECK_SECONDS = 30.0
 
 EventSink = Callable[[str, int], None]
@@ -80,7 +83,8 @@ def new_device_token() -> str:
 
 
 class MailboxSignals:
-    """Wakes a mailbox's subscribers when a message arrives (or all of them at shutdown)."""
+    """Wakes a mailbox's subscribers when a message arrives (or all of them: at shutdown, or when
+    news of other relays' sends may have been lost)."""
 
     def __init__(self) -> None:
         self._waiters: dict[str, set[asyncio.Event]] = {}
@@ -190,6 +194,28 @@ class RelayService:
         self.signals = MailboxSignals()
         self._tokens: OrderedDict[bytes, str] = OrderedDict()
         self._closing = False
+
+    async def watch_store(self) -> None:
+        """Wake this relay's subscribers when another relay sharing the store stores a message for
+        them (and all of them when the store may have missed telling). Call once, on the event
+        loop that serves the subscriptions; returns once the store watches."""
+        loop = asyncio.get_running_loop()
+
+        def on_loop(fn: Callable[..., None], *args) -> None:
+            # Called from the store's thread; after shutdown the loop may be closed: nothing to wake.
+            try:
+                loop.call_soon_threadsafe(fn, *args)
+            except RuntimeError:
+                pass
+
+        def on_recipient(user_id: str) -> None:
+            on_loop(self.signals.notify, user_id)
+
+        def on_reconnect() -> None:
+            # Notifications were lost meanwhile: every subscriber re-reads from its cursor.
+            on_loop(self.signals.notify_all)
+
+        await self._workers(self._store.watch, on_recipient, on_reconnect)
 
     # -- accounts and admission ----------------------------------------------------------------
 

@@ -7,13 +7,15 @@ recipients' private keys.
 
 Implementations are synchronous and thread-safe; the service calls them from worker threads
 (`foundation.store_workers.StoreWorkers`). Every write is one transaction, committed durably
-before the method returns, so a caller that got an answer may tell its client "stored".
+before the method returns, so a caller that got an answer may tell its client "stored". Within a
+mailbox, messages become visible in `seq` order, so a reader following it with a cursor on `seq`
+misses none.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Protocol, Sequence
+from typing import Callable, Protocol, Sequence
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,5 +169,12 @@ class RelayStore(Protocol):
     def mailbox_usage(self, recipient: str) -> tuple[int, int]:
         """(messages, envelope bytes) waiting in the recipient's mailbox."""
 
+    # -- replicas -----------------------------------------------------------------------------
+
+    def watch(self, on_recipient: Callable[[str], None], on_reconnect: Callable[[], None]) -> None:
+        """Call `on_recipient(user_id)` (from a thread of the store's) whenever a relay sharing
+        this store stores a message for `user_id`, and `on_reconnect()` when such calls may have
+        been missed; returns once watching. A store no other relay shares may do nothing."""
+
     def close(self) -> None:
-        """Release connections."""
+        """Stop watching and release connections."""

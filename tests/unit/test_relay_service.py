@@ -1,9 +1,11 @@
 """`RelayService` over a real SQLite store in a temporary file, with a settable clock: expiry,
-group commit, waking subscribers, authentication and shutdown; and the relay's config checks."""
+group commit, waking subscribers (also on news from the store of other relays' sends),
+authentication and shutdown; and the relay's config checks."""
 
 from __future__ import annotations
 
 import asyncio
+import threading
 
 import pytest
 
@@ -20,12 +22,12 @@ from foundation.ratelimit import TokenBucketLimiter
 from relay.config import load_relay_config
 from relay.service import RelayService
 from relay.store.base import MailboxLimits
-from relay.store.sqlite import SqliteRelayStore
+from relay.store.sql import SqlRelayStore
 
 DAY = 86400.0
 
 
-class CountingStore(SqliteRelayStore):
+class CountingStore(SqlRelayStore):
     """The SQLite store, counting the transactions that store messages."""
 
     batches: list[int]
@@ -129,6 +131,52 @@ async def test_a_send_wakes_a_waiting_subscriber(make_service):
     assert service.signals.subscriber_count == 0
 
 
+class WatchedStore(SqlRelayStore):
+    """The SQLite store, keeping the callbacks `watch` was given so a test can call them as a
+    PostgreSQL store does: from a thread of its own."""
+
+    def watch(self, on_recipient, on_reconnect):
+        self.tell, self.reconnected = on_recipient, on_reconnect
+
+    def call_from_a_thread(self, fn, *args) -> None:
+        thread = threading.Thread(target=fn, args=args)
+        thread.start()
+        thread.join()
+
+
+async def test_news_from_the_store_wakes_subscribers_of_this_relay(tmp_path, clock):
+    """A send through another relay sharing the store reaches this relay's subscribers when the
+    store tells of it (the recipient's), or of a lost connection (everyone's re-check)."""
+    path = str(tmp_path / "shared.db")
+    here_store, there_store = WatchedStore(path), SqlRelayStore(path)
+    options = dict(limits=MailboxLimits(100, 1 << 20), ttl_seconds=DAY, dedupe_seconds=DAY, clock=clock)
+    here, there = RelayService(here_store, **options), RelayService(there_store, **options)
+    try:
+        await here.watch_store()
+        await there.watch_store()  # SQLite: nothing to watch
+        await accounts(there, "alice", "bob", "carol")
+        to_bob, to_carol = here.subscribe("bob"), here.subscribe("carol")
+        waiting_bob, waiting_carol = asyncio.ensure_future(first(to_bob)), asyncio.ensure_future(first(to_carol))
+        await asyncio.sleep(0.05)
+        for_bob = await there.send("alice", "bob", b"for bob", "m-1")
+        for_carol = await there.send("alice", "carol", b"for carol", "m-2")
+        await asyncio.sleep(0.1)
+        assert not waiting_bob.done() and not waiting_carol.done()  # the other relay's signals are its own
+
+        here_store.call_from_a_thread(here_store.tell, "bob")
+        assert (await waiting_bob).message_id == for_bob.message_id
+        await asyncio.sleep(0.05)
+        assert not waiting_carol.done()
+        here_store.call_from_a_thread(here_store.reconnected)
+        assert (await waiting_carol).message_id == for_carol.message_id
+        await to_bob.aclose()
+        await to_carol.aclose()
+    finally:
+        for service, store in ((here, here_store), (there, there_store)):
+            await service.close()
+            store.close()
+
+
 async def test_ending_subscriptions_raises_unavailable_in_each_stream(make_service):
     service = make_service()
     await accounts(service, "bob")
@@ -202,6 +250,7 @@ def test_config_defaults_and_relative_store_path(tmp_path):
         ("[mailbox]\nmessage_ttl_seconds = -1\n", "message_ttl_seconds"),
         ("[rate_limit]\nburst = 0\n", "rate_limit.burst"),
         ('[store]\npath = ""\n', "store.path"),
+        ('[store]\ndsn = "mysql://relay@db/keyrelay"\n', "store.dsn .* is not a PostgreSQL URI"),
     ],
 )
 def test_config_mistakes_name_the_key_and_the_fix(tmp_path, text, words):
@@ -215,3 +264,17 @@ def test_config_over_tls_may_listen_anywhere(tmp_path):
         environ={"KEYRELAY_RELAY_MAILBOX_MAX_MESSAGES": "7"},
     )
     assert config.tls.cert == str(tmp_path / "relay.crt") and config.mailbox.max_messages == 7
+
+
+def test_config_store_dsn_selects_postgres_and_never_shows_its_password(tmp_path):
+    path = write(tmp_path, '[store]\npath = ""\n')
+    dsn = "postgresql://relay:hunter2@db.internal:5432/keyrelay"
+    config = load_relay_config(path, environ={"KEYRELAY_RELAY_STORE_DSN": dsn})
+    assert config.store.dsn == dsn and config.store.location == dsn
+    assert "hunter2" not in repr(config) and "hunter2" not in config.store.shown
+    assert "relay:***@db.internal" in config.store.shown
+    with pytest.raises(ConfigError) as info:
+        load_relay_config(path, environ={"KEYRELAY_RELAY_STORE_DSN": "mysql://relay:hunter2@db/keyrelay"})
+    assert "store.dsn" in str(info.value) and "hunter2" not in str(info.value)
+    sqlite = load_relay_config(write(tmp_path, '[store]\npath = "relay.db"\ndsn = ""\n'))
+    assert sqlite.store.location == str(tmp_path / "relay.db")

@@ -1,15 +1,23 @@
-"""Unit tests of relay/store/sqlite.py on a temporary SQLite file."""
+"""Tests of relay/store/sql.py, each on both engines: a temporary SQLite file and a fresh
+PostgreSQL schema (the `database_location` fixture); and, on PostgreSQL, the ordering of mailboxes
+under concurrent writers on two stores and the notifications replicas wake each other with."""
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
+import random
 import sqlite3
 import threading
+import time
 import uuid
+from contextlib import closing
 
+import psycopg
 import pytest
 
+from foundation.errors import UnavailableError
+from foundation.postgres_db import is_postgres_dsn
 from relay.store.base import (
     AccountTaken,
     ClientMessageIdReused,
@@ -21,29 +29,41 @@ from relay.store.base import (
     UnknownUser,
     VersionNotNewer,
 )
-from relay.store.sqlite import MIGRATIONS, SqliteRelayStore
+from relay.store.sql import CHANNEL_PREFIX, MIGRATIONS, SqlRelayStore
 
 T0 = 1_750_000_000.0
 ROOMY = MailboxLimits(max_messages=10_000, max_bytes=100 * 1024 * 1024)
+#: What either engine raises for a broken constraint.
+INTEGRITY_ERRORS = (sqlite3.IntegrityError, psycopg.IntegrityError)
 
 
 @pytest.fixture
-def db_path(tmp_path) -> str:
-    return str(tmp_path / "nested" / "relay.db")
+def location(database_location) -> str:
+    return database_location
 
 
 @pytest.fixture
-def store(db_path):
-    s = SqliteRelayStore(db_path)
+def store(location):
+    s = SqlRelayStore(location)
     yield s
     s.close()
+
+
+def raw(location: str, sql: str, params: tuple = ()) -> list[tuple]:
+    """Run one statement on a connection of its own, outside the store; its rows."""
+    if is_postgres_dsn(location):
+        with psycopg.connect(location, autocommit=True) as conn:
+            cursor = conn.execute(sql.replace("%", "%%").replace("?", "%s"), params)
+            return cursor.fetchall() if cursor.description else []
+    with closing(sqlite3.connect(location)) as conn, conn:
+        return conn.execute(sql, params).fetchall()
 
 
 def token_hash(user_id: str) -> bytes:
     return hashlib.sha256(b"token-of-" + user_id.encode()).digest()
 
 
-def add_users(store: SqliteRelayStore, *user_ids: str) -> None:
+def add_users(store: SqlRelayStore, *user_ids: str) -> None:
     for user_id in user_ids:
         store.create_account(user_id, token_hash(user_id), T0)
 
@@ -81,44 +101,60 @@ def record(user_id: str = "alice", version: int = 1, publish_time: float = T0) -
     )
 
 
-def pending_ids(store: SqliteRelayStore, recipient: str, now: float = T0) -> list[str]:
+def pending_ids(store: SqlRelayStore, recipient: str, now: float = T0) -> list[str]:
     return [m.message_id for m in store.pending_messages(recipient, 0, now, 100_000)]
 
 
-def message_rows(db_path: str) -> int:
-    with sqlite3.connect(db_path) as raw:
-        return raw.execute("SELECT COUNT(*) FROM messages").fetchone()[0]
+def message_rows(location: str) -> int:
+    return raw(location, "SELECT COUNT(*) FROM messages")[0][0]
 
 
-def sent_rows(db_path: str) -> int:
-    with sqlite3.connect(db_path) as raw:
-        return raw.execute("SELECT COUNT(*) FROM sent").fetchone()[0]
+def sent_rows(location: str) -> int:
+    return raw(location, "SELECT COUNT(*) FROM sent")[0][0]
 
 
 # -- schema -------------------------------------------------------------------------------------
 
 
-def test_migration_creates_latest_schema(store, db_path):
-    """A new file (in a folder created for it) gets every table at the latest relay schema version."""
+def test_migration_creates_latest_schema(store, location):
+    """A new database gets every table and index at the latest relay schema version."""
     assert len(MIGRATIONS) == 1
     assert store.schema_version() == 1
-    assert store.path == db_path
-    with sqlite3.connect(db_path) as raw:
-        tables = {name for (name,) in raw.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-        assert {"accounts", "records", "messages", "sent", "relay_schema_version"} <= tables
-        assert raw.execute("SELECT version FROM relay_schema_version").fetchall() == [(1,)]
-        indexes = {name for (name,) in raw.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
-        assert {"messages_by_recipient", "messages_by_expiry", "sent_by_forget_time"} <= indexes
-        assert raw.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+    assert raw(location, "SELECT version FROM relay_schema_version") == [(1,)]
+    if is_postgres_dsn(location):
+        assert store.path == location  # no password to hide in the test's DSN
+        tables = {n for (n,) in raw(location, "SELECT table_name FROM information_schema.tables "
+                                              "WHERE table_schema = current_schema()")}
+        indexes = {n for (n,) in raw(location, "SELECT indexname FROM pg_indexes WHERE schemaname = current_schema()")}
+        # The seq counter is an identity column: one sequence, never reused, drawn in order.
+        assert raw(location, "SELECT is_identity FROM information_schema.columns "
+                             "WHERE table_schema = current_schema() AND table_name = 'messages' "
+                             "AND column_name = 'seq'") == [("YES",)]
+    else:
+        assert store.path == location
+        tables = {n for (n,) in raw(location, "SELECT name FROM sqlite_master WHERE type = 'table'")}
+        indexes = {n for (n,) in raw(location, "SELECT name FROM sqlite_master WHERE type = 'index'")}
+        assert raw(location, "PRAGMA journal_mode") == [("wal",)]
+    assert {"accounts", "records", "messages", "sent", "relay_schema_version"} <= tables
+    assert {"messages_by_recipient", "messages_by_expiry", "sent_by_forget_time"} <= indexes
 
 
-def test_reopening_keeps_data_and_does_not_migrate_again(store, db_path):
+def test_sqlite_file_gets_its_folder(tmp_path):
+    path = str(tmp_path / "nested" / "relay.db")
+    store = SqlRelayStore(path)
+    try:
+        assert store.path == path and store.schema_version() == 1 and store.channel is None
+    finally:
+        store.close()
+
+
+def test_reopening_keeps_data_and_does_not_migrate_again(store, location):
     add_users(store, "alice", "bob")
     store.publish_record(record("alice", 1))
     receipt = store.store_messages([msg()], ROOMY)[0]
     store.close()
 
-    again = SqliteRelayStore(db_path)
+    again = SqlRelayStore(location)
     try:
         assert again.schema_version() == 1
         assert again.account_exists("alice") and again.account_exists("bob")
@@ -129,23 +165,22 @@ def test_reopening_keeps_data_and_does_not_migrate_again(store, db_path):
         again.close()
 
 
-def test_file_from_a_newer_keyrelay_is_refused(store, db_path):
+def test_database_from_a_newer_keyrelay_is_refused(store, location):
     store.close()
-    with sqlite3.connect(db_path) as raw:
-        raw.execute("UPDATE relay_schema_version SET version = 99")
+    raw(location, "UPDATE relay_schema_version SET version = 99")
     with pytest.raises(RuntimeError, match="newer"):
-        SqliteRelayStore(db_path)
+        SqlRelayStore(location)
 
 
-def test_needs_a_file_path():
+def test_sqlite_needs_a_file_path():
     """Every worker thread opens its own connection, so an in-memory database is refused."""
     with pytest.raises(ValueError):
-        SqliteRelayStore(":memory:")
+        SqlRelayStore(":memory:")
 
 
-def test_closed_store_fails_instead_of_reopening(store):
+def test_closed_store_fails_instead_of_reopening(store, location):
     store.close()
-    with pytest.raises(sqlite3.ProgrammingError):
+    with pytest.raises(UnavailableError if is_postgres_dsn(location) else sqlite3.ProgrammingError):
         store.account_exists("alice")
 
 
@@ -174,7 +209,7 @@ def test_duplicate_user_id_is_account_taken_and_keeps_the_first_token(store):
 def test_duplicate_token_hash_is_not_account_taken(store):
     """A repeated token hash under another user id is a storage error, not a taken user id."""
     add_users(store, "alice")
-    with pytest.raises(sqlite3.IntegrityError) as info:
+    with pytest.raises(INTEGRITY_ERRORS) as info:
         store.create_account("mallory", token_hash("alice"), T0)
     assert not isinstance(info.value, AccountTaken)
     assert not store.account_exists("mallory")
@@ -246,7 +281,7 @@ def test_publish_for_unknown_user(store):
 # -- store_messages -----------------------------------------------------------------------------
 
 
-def test_store_batch_with_mixed_results(store, db_path):
+def test_store_batch_with_mixed_results(store, location):
     add_users(store, "alice", "bob", "carol")
     original = msg(client_message_id="c-1", store_time=T0, expire_time=T0 + 60)
     first = store.store_messages([original], ROOMY)
@@ -264,8 +299,8 @@ def test_store_batch_with_mixed_results(store, db_path):
     assert isinstance(results[3], UnknownUser)
 
     # Only the two new messages were written.
-    assert message_rows(db_path) == 2
-    assert sent_rows(db_path) == 2
+    assert message_rows(location) == 2
+    assert sent_rows(location) == 2
     assert pending_ids(store, "bob") == [original.message_id]
     assert pending_ids(store, "carol") == [new.message_id]
     assert store.mailbox_usage("bob") == (1, len(original.envelope))
@@ -285,7 +320,7 @@ def test_client_message_ids_are_per_sender(store):
     assert [r.message_id for r in results] == [a.message_id, c.message_id]
 
 
-def test_mailbox_full_by_count(store, db_path):
+def test_mailbox_full_by_count(store, location):
     add_users(store, "alice", "bob", "carol")
     limits = MailboxLimits(max_messages=3, max_bytes=1_000_000)
     batch = [msg() for _ in range(4)] + [msg(recipient="carol")]
@@ -294,8 +329,8 @@ def test_mailbox_full_by_count(store, db_path):
     assert isinstance(results[3], MailboxFull) and results[3].limit == "messages"
     assert isinstance(results[4], SendReceipt)  # another mailbox is not affected
     assert store.mailbox_usage("bob") == (3, 3 * len(b"sealed envelope"))
-    assert message_rows(db_path) == 4
-    assert sent_rows(db_path) == 4
+    assert message_rows(location) == 4
+    assert sent_rows(location) == 4
 
     # The refused message left no idempotency record: once there is room, its retry is stored.
     store.delete_messages("bob", [results[0].message_id])
@@ -304,7 +339,7 @@ def test_mailbox_full_by_count(store, db_path):
     assert store.mailbox_usage("bob") == (3, 3 * len(b"sealed envelope"))
 
 
-def test_mailbox_full_by_bytes(store, db_path):
+def test_mailbox_full_by_bytes(store, location):
     add_users(store, "alice", "bob")
     limits = MailboxLimits(max_messages=100, max_bytes=100)
     results = store.store_messages(
@@ -316,7 +351,7 @@ def test_mailbox_full_by_bytes(store, db_path):
     assert isinstance(results[2], SendReceipt)  # exactly reaching the limit is allowed
     assert isinstance(results[3], MailboxFull) and results[3].limit == "bytes"
     assert store.mailbox_usage("bob") == (2, 100)
-    assert message_rows(db_path) == 2
+    assert message_rows(location) == 2
     assert [m.envelope for m in store.pending_messages("bob", 0, T0, 10)] == [b"x" * 60, b"z" * 40]
 
 
@@ -335,7 +370,7 @@ def test_count_limit_is_checked_before_bytes(store):
     assert isinstance(result, MailboxFull) and result.limit == "messages"
 
 
-def test_duplicate_within_one_batch(store, db_path):
+def test_duplicate_within_one_batch(store, location):
     add_users(store, "alice", "bob")
     first = msg(client_message_id="twice")
     again = msg(client_message_id="twice", store_time=T0 + 1)
@@ -344,7 +379,7 @@ def test_duplicate_within_one_batch(store, db_path):
     assert results[0] == SendReceipt(first.message_id, first.store_time, first.expire_time, duplicate=False)
     assert results[1] == SendReceipt(first.message_id, first.store_time, first.expire_time, duplicate=True)
     assert isinstance(results[2], ClientMessageIdReused)
-    assert message_rows(db_path) == 1
+    assert message_rows(location) == 1
     assert store.mailbox_usage("bob") == (1, len(first.envelope))
 
 
@@ -357,7 +392,7 @@ def test_duplicate_of_a_duplicate_does_not_need_room(store):
     assert store.store_messages([msg(client_message_id="c")], limits)[0].duplicate is True
 
 
-def test_duplicate_after_ack(store, db_path):
+def test_duplicate_after_ack(store, location):
     add_users(store, "alice", "bob")
     first = msg(client_message_id="acked")
     store.store_messages([first], ROOMY)
@@ -368,21 +403,21 @@ def test_duplicate_after_ack(store, db_path):
                       ClientMessageIdReused)
     assert pending_ids(store, "bob") == []
     assert store.mailbox_usage("bob") == (0, 0)
-    assert message_rows(db_path) == 0
+    assert message_rows(location) == 0
 
 
-def test_transaction_failure_rolls_back_the_whole_batch(store, db_path):
-    """An SQLite error (here a message id stored twice) raises and leaves nothing of the batch."""
+def test_transaction_failure_rolls_back_the_whole_batch(store, location):
+    """A database error (here a message id stored twice) raises and leaves nothing of the batch."""
     add_users(store, "alice", "bob")
     kept = msg()
     store.store_messages([kept], ROOMY)
     ok = msg()
     clash = dataclasses.replace(msg(), message_id=kept.message_id)
-    with pytest.raises(sqlite3.IntegrityError):
+    with pytest.raises(INTEGRITY_ERRORS):
         store.store_messages([ok, clash], ROOMY)
     assert pending_ids(store, "bob") == [kept.message_id]
     assert store.mailbox_usage("bob") == (1, len(kept.envelope))
-    assert sent_rows(db_path) == 1
+    assert sent_rows(location) == 1
     # The first message of the failed batch was not logged either: sending it again stores it.
     assert store.store_messages([ok], ROOMY)[0].duplicate is False
 
@@ -480,7 +515,7 @@ def test_delete_a_thousand_ids(store):
 # -- delete_expired -----------------------------------------------------------------------------
 
 
-def test_delete_expired_removes_due_messages_and_fixes_counters(store, db_path):
+def test_delete_expired_removes_due_messages_and_fixes_counters(store, location):
     add_users(store, "alice", "bob", "carol")
     store.store_messages(
         [
@@ -498,7 +533,7 @@ def test_delete_expired_removes_due_messages_and_fixes_counters(store, db_path):
     assert store.mailbox_usage("carol") == (1, 5)
     assert [m.envelope for m in store.pending_messages("bob", 0, T0, 10)] == [b"333"]
     assert [m.envelope for m in store.pending_messages("carol", 0, T0, 10)] == [b"55555"]
-    assert message_rows(db_path) == 2
+    assert message_rows(location) == 2
     assert store.delete_expired(T0 + 1e9) == 1  # the one without expire_time stays forever
     assert store.mailbox_usage("bob") == (1, 3)
     assert store.mailbox_usage("carol") == (0, 0)
@@ -517,7 +552,7 @@ def test_delete_expired_honours_limit_soonest_first(store):
     assert store.mailbox_usage("bob") == (0, 0)
 
 
-def test_idempotency_record_outlives_the_message_until_forget_time(store, db_path):
+def test_idempotency_record_outlives_the_message_until_forget_time(store, location):
     add_users(store, "alice", "bob")
     first = msg(client_message_id="c", expire_time=T0 + 10, forget_time=T0 + 50)
     store.store_messages([first], ROOMY)
@@ -526,13 +561,13 @@ def test_idempotency_record_outlives_the_message_until_forget_time(store, db_pat
     # Expired and deleted, but the sender's retry is still recognised.
     retry = store.store_messages([msg(client_message_id="c", expire_time=T0 + 10, forget_time=T0 + 50)], ROOMY)[0]
     assert retry.duplicate and retry.message_id == first.message_id
-    assert message_rows(db_path) == 0
-    assert sent_rows(db_path) == 1
+    assert message_rows(location) == 0
+    assert sent_rows(location) == 1
 
     assert store.delete_expired(T0 + 49.9) == 0
-    assert sent_rows(db_path) == 1
+    assert sent_rows(location) == 1
     assert store.delete_expired(T0 + 50) == 0
-    assert sent_rows(db_path) == 0
+    assert sent_rows(location) == 0
 
     # Forgotten: the same client message id now stores a new message (even with other content).
     anew = msg(client_message_id="c", envelope=b"fresh", store_time=T0 + 60, expire_time=T0 + 70)
@@ -544,7 +579,7 @@ def test_idempotency_record_outlives_the_message_until_forget_time(store, db_pat
 # -- concurrency and durability -----------------------------------------------------------------
 
 
-def test_concurrent_senders_store_each_message_exactly_once(store, db_path):
+def test_concurrent_senders_store_each_message_exactly_once(store, location):
     """4 threads x 50 messages, each also racing to send one shared client id: every message lands
     once, retries are duplicates, and the counters match the mailbox."""
     add_users(store, "bob", *(f"sender-{n}" for n in range(4)))
@@ -593,11 +628,11 @@ def test_concurrent_senders_store_each_message_exactly_once(store, db_path):
     assert len({m.seq for m in pending}) == 201
     assert set(stored_ids) | {shared_receipts[0].message_id} == {m.message_id for m in pending}
     assert store.mailbox_usage("bob") == (201, sum(len(m.envelope) for m in pending))
-    assert message_rows(db_path) == 201
+    assert message_rows(location) == 201
 
 
-def test_committed_batches_survive_close_and_reopen(db_path):
-    store = SqliteRelayStore(db_path)
+def test_committed_batches_survive_close_and_reopen(location):
+    store = SqlRelayStore(location)
     add_users(store, "alice", "bob")
     batches = [[msg(envelope=f"{b}-{i}".encode()) for i in range(3)] for b in range(3)]
     for batch in batches:
@@ -605,7 +640,7 @@ def test_committed_batches_survive_close_and_reopen(db_path):
     store.delete_messages("bob", [batches[0][0].message_id])
     store.close()
 
-    again = SqliteRelayStore(db_path)
+    again = SqlRelayStore(location)
     try:
         expected = [m.message_id for batch in batches for m in batch][1:]
         assert pending_ids(again, "bob") == expected
@@ -618,3 +653,166 @@ def test_committed_batches_survive_close_and_reopen(db_path):
         )
     finally:
         again.close()
+
+
+def test_a_cursor_following_a_mailbox_misses_nothing_under_concurrent_writers(location):
+    """Senders on two stores (two relays on one database) write to one mailbox concurrently, in
+    batches that also hold messages for another mailbox, while a reader follows it with a cursor
+    on `seq` as Subscribe does: the reader sees every message once, in `seq` order. (A message
+    committed after one with a higher `seq` would be skipped by the cursor.)"""
+    stores = [SqlRelayStore(location), SqlRelayStore(location)]
+    try:
+        add_users(stores[0], "bob", "carol")
+        threads_per_store, per_thread = 4, 60
+        stored: list[str] = []
+        seen = []
+        errors: list[BaseException] = []
+        senders_done = threading.Event()
+
+        def send(store: SqlRelayStore, n: int) -> None:
+            try:
+                rng = random.Random(n)
+                count = 0
+                while count < per_thread:
+                    batch = [msg(sender=f"s{n}", envelope=b"%d-%d" % (n, count + i)) for i in range(rng.randint(1, 3))]
+                    batch.insert(rng.randint(0, len(batch)), msg(sender=f"s{n}", recipient="carol"))
+                    results = store.store_messages(batch, ROOMY)
+                    assert all(isinstance(r, SendReceipt) and not r.duplicate for r in results)
+                    stored.extend(r.message_id for m, r in zip(batch, results) if m.recipient == "bob")
+                    count += len(batch) - 1
+            except BaseException as exc:  # pragma: no cover - reported below
+                errors.append(exc)
+
+        def follow() -> None:
+            try:
+                after = 0
+                while True:
+                    finished = senders_done.is_set()  # before the read: a last read after every commit
+                    page = stores[1].pending_messages("bob", after, T0, 50)
+                    for message in page:
+                        assert message.seq > after
+                        seen.append(message.message_id)
+                        after = message.seq
+                    if not page:
+                        if finished:
+                            return
+                        time.sleep(0.001)
+            except BaseException as exc:  # pragma: no cover - reported below
+                errors.append(exc)
+
+        reader = threading.Thread(target=follow)
+        reader.start()
+        senders = [
+            threading.Thread(target=send, args=(stores[n % 2], n)) for n in range(2 * threads_per_store)
+        ]
+        for t in senders:
+            t.start()
+        for t in senders:
+            t.join()
+        senders_done.set()
+        reader.join()
+        assert errors == []
+        assert len(stored) >= 2 * threads_per_store * per_thread
+        assert len(seen) == len(set(seen))
+        assert set(seen) == set(stored)
+        assert stores[0].mailbox_usage("bob")[0] == len(stored)
+    finally:
+        for s in stores:
+            s.close()
+
+
+# -- notifications between replicas (PostgreSQL) -------------------------------------------------
+
+
+def test_sqlite_store_does_not_watch(tmp_path):
+    store = SqlRelayStore(str(tmp_path / "relay.db"))
+    try:
+        store.watch(lambda user: pytest.fail("SQLite has no other relay"), lambda: pytest.fail("nothing to reconnect"))
+        add_users(store, "alice", "bob")
+        store.store_messages([msg()], ROOMY)
+        assert store.channel is None
+    finally:
+        store.close()
+
+
+class Heard:
+    """What a watching store was told, as a queue of recipients."""
+
+    def __init__(self) -> None:
+        self._items: list[str] = []
+        self._cond = threading.Condition()
+        self.reconnected = threading.Event()
+
+    def __call__(self, user_id: str) -> None:
+        with self._cond:
+            self._items.append(user_id)
+            self._cond.notify_all()
+
+    def on_reconnect(self) -> None:
+        self.reconnected.set()
+
+    def next(self, count: int = 1, timeout: float = 5.0) -> list[str]:
+        """The next `count` recipients heard (fails after `timeout`)."""
+        with self._cond:
+            assert self._cond.wait_for(lambda: len(self._items) >= count, timeout), f"heard only {self._items}"
+            taken, self._items = self._items[:count], self._items[count:]
+            return taken
+
+
+def test_storing_notifies_each_recipient_once_per_commit(postgres_dsn):
+    """Another store of the database hears of each mailbox that got new messages, once per
+    transaction, and of nothing that did not commit or stored nothing."""
+    writer, watcher = SqlRelayStore(postgres_dsn), SqlRelayStore(postgres_dsn)
+    try:
+        (schema,) = raw(postgres_dsn, "SELECT current_schema()")[0]
+        assert watcher.channel == writer.channel == CHANNEL_PREFIX + schema
+        heard = Heard()
+        watcher.watch(heard, heard.on_reconnect)
+        add_users(writer, "alice", "bob", "carol")
+
+        first = msg(recipient="bob", client_message_id="c-1")
+        results = writer.store_messages(
+            [first, msg(recipient="carol"), msg(recipient="bob"), msg(recipient="nobody")], ROOMY
+        )
+        assert isinstance(results[3], UnknownUser)
+        assert sorted(heard.next(2)) == ["bob", "carol"]
+
+        # A duplicate, a full mailbox and a rolled-back transaction store nothing and say nothing;
+        # the message to carol after them is the next thing heard.
+        assert writer.store_messages([msg(recipient="bob", client_message_id="c-1")], ROOMY)[0].duplicate
+        assert isinstance(writer.store_messages([msg()], MailboxLimits(2, 1 << 20))[0], MailboxFull)
+        with pytest.raises(INTEGRITY_ERRORS):
+            writer.store_messages([msg(), dataclasses.replace(msg(), message_id=first.message_id)], ROOMY)
+        writer.store_messages([msg(recipient="carol")], ROOMY)
+        assert heard.next() == ["carol"]
+        time.sleep(0.2)
+        assert heard.next(0) == [] and not heard.reconnected.is_set()
+        with pytest.raises(AssertionError, match="heard only"):
+            heard.next(timeout=0.1)
+    finally:
+        watcher.close()
+        writer.close()
+
+
+def test_watch_reconnects_after_its_connection_is_terminated(postgres_dsn):
+    """A LISTEN connection the server drops is re-opened; the watcher is told to re-check
+    everything (notifications were lost meanwhile) and hears later sends again."""
+    name = f"relay-watch-{uuid.uuid4().hex[:8]}"
+    writer, watcher = SqlRelayStore(postgres_dsn), SqlRelayStore(f"{postgres_dsn}&application_name={name}")
+    try:
+        heard = Heard()
+        watcher.watch(heard, heard.on_reconnect)
+        add_users(writer, "alice", "bob")
+        terminated = raw(
+            postgres_dsn,
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE application_name = ? AND query ILIKE 'LISTEN%'",
+            (name,),
+        )
+        assert terminated == [(True,)]
+        assert heard.reconnected.wait(10), "the watcher did not re-open its LISTEN connection"
+        writer.store_messages([msg()], ROOMY)
+        assert heard.next() == ["bob"]
+    finally:
+        watcher.close()
+        writer.close()
