@@ -29,7 +29,7 @@ def provision(root: Path, state: dict, profiles: Iterable) -> None:
         try:
             admin.describe_instance(INSTANCE)
         except InstanceNotFoundError:
-            admin.register_instance(INSTANCE, TENANT, [state["dedicated_internal"]], private[INSTANCE])
+            admin.register_instance(INSTANCE, TENANT, state["dedicated_endpoints"], private[INSTANCE])
         points = {p.name: p for p in admin.iter_access_points(TENANT)}
         for spec in profiles:
             point = points.get(spec.access_point) or admin.create_access_point(

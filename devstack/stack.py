@@ -30,9 +30,9 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from devstack import processes
 from devstack.processes import ProcessId
 from foundation.tls import channel_credentials
-from kms_gateway.devcluster import PORT_OFFSETS, DevCluster
+from kms_gateway.devcluster import PORT_OFFSETS, REPLICA_STRIDE, DevCluster
 from kms_node import devsetup
-from relay.devsetup import write_relay_config
+from foundation.postgres_db import is_postgres_dsn, redacted_dsn
 
 DEFAULT_STATE_DIR = Path(".keyrelay")
 DEFAULT_PORT_BASE = 7100
@@ -42,17 +42,18 @@ MARKER = ".keyrelay-dev"
 TENANT = "dev"
 INSTANCE = "dev-dedicated"
 SEALING_ALIAS = "alias/directory"
+#: The daemons of a cluster with one replica of each role, in start order.
 START_ORDER = ("shared-1", "shared-2", "dedicated", "gateway", "relay")
-STOP_ORDER = ("gateway", "relay", "dedicated", "shared-2", "shared-1")
-# Listeners of each daemon (names of PORT_OFFSETS), probed before it starts.
-LISTENERS = {
+# Listeners of each role (names of PORT_OFFSETS), probed before a daemon starts.
+_ROLE_LISTENERS = {
     "shared-1": ("shared-1", "shared-1-metrics"),
     "shared-2": ("shared-2", "shared-2-metrics"),
     "dedicated": ("dedicated", "private-endpoint", "dedicated-metrics"),
     "gateway": ("gateway", "gateway-metrics"),
     "relay": ("relay", "relay-metrics"),
 }
-STATE_VERSION = 1
+MAX_REPLICAS = 4
+STATE_VERSION = 2
 START_TIMEOUT = 90.0
 # Daemon configs set shutdown_grace_seconds = 5; allow for it and for a loaded machine.
 STOP_TIMEOUT = 20.0
@@ -85,6 +86,31 @@ class DevStackError(Exception):
     def __init__(self, message: str, detail: str = "") -> None:
         super().__init__(message)
         self.detail = detail
+
+
+def plan(base: int, replicas: int) -> dict[str, list[int]]:
+    """Every daemon of a cluster, in start order, with its ports: the two shared nodes, then
+    `replicas` dedicated nodes, gateways and relays (replica r adds REPLICA_STRIDE * r)."""
+    daemons = {name: [base + PORT_OFFSETS[p] for p in _ROLE_LISTENERS[name]] for name in ("shared-1", "shared-2")}
+    for role in ("dedicated", "gateway", "relay"):
+        for replica in range(replicas):
+            ports = [base + PORT_OFFSETS[p] + REPLICA_STRIDE * replica for p in _ROLE_LISTENERS[role]]
+            daemons[DevCluster.replica_name(role, replica)] = ports
+    return daemons
+
+
+def _start_groups(names: list[str]) -> list[list[str]]:
+    """The first shared node alone (it writes the bootstrap credential), then the other nodes,
+    then the gateways and relays."""
+    nodes = [n for n in names if n.startswith(("shared", "dedicated")) and n != "shared-1"]
+    front = [n for n in names if n.startswith(("gateway", "relay"))]
+    return [[n for n in names if n == "shared-1"], nodes, front]
+
+
+def _stop_order(names: list[str]) -> list[str]:
+    """Gateways and relays first, then dedicated nodes, then the shared nodes, last one first."""
+    rank = {"gateway": 0, "relay": 1, "dedicated": 2, "shared": 3}
+    return sorted(names, key=lambda n: (rank[n.split("-")[0]], -names.index(n)))
 
 
 @dataclass
@@ -138,6 +164,8 @@ class StackStatus:
     profiles: dict[str, str] = field(default_factory=dict)
     sealing_key: str = SEALING_ALIAS
     tenant: str = TENANT
+    #: Role -> PostgreSQL DSN (password redacted) of its store; empty: SQLite files.
+    postgres: dict[str, str] = field(default_factory=dict)
 
     @property
     def all_serving(self) -> bool:
@@ -163,10 +191,19 @@ def _serving(daemon: DaemonRecord, timeout: float = 3.0) -> bool:
 class DevStack:
     """The dev cluster of one state directory (see the module docstring)."""
 
-    def __init__(self, state_dir: str | os.PathLike = DEFAULT_STATE_DIR, port_base: int | None = None) -> None:
+    def __init__(
+        self,
+        state_dir: str | os.PathLike = DEFAULT_STATE_DIR,
+        port_base: int | None = None,
+        *,
+        postgres: str | None = None,
+        replicas: int | None = None,
+    ) -> None:
         self.shown_dir = str(state_dir)
         self.root = Path(state_dir).resolve()
         self.port_base = port_base
+        self.postgres = postgres
+        self.replicas = replicas
         self.state_path = self.root / STATE_FILE
 
     # -- state ------------------------------------------------------------------------------------
@@ -212,9 +249,6 @@ class DevStack:
 
     # -- preparing ----------------------------------------------------------------------------------
 
-    def _layout_ports(self, base: int) -> dict[str, list[int]]:
-        return {name: [base + PORT_OFFSETS[p] for p in listeners] for name, listeners in LISTENERS.items()}
-
     def _check_ports(self, wanted: dict[str, list[int]]) -> None:
         busy = [(name, port) for name, ports in wanted.items() for port in ports if processes.port_in_use("127.0.0.1", port)]
         if not busy:
@@ -228,7 +262,7 @@ class DevStack:
         else:
             fix = (
                 f"stop the program using it (`ss -ltnp 'sport = :{busy[0][1]}'` shows which), or choose other "
-                f"ports: `keyrelay dev up --port-base N` (uses N to N+{max(PORT_OFFSETS.values())})"
+                f"ports: `keyrelay dev up --port-base N` (uses N to N+{max(PORT_OFFSETS.values()) + REPLICA_STRIDE * ((self.replicas or 1) - 1)})"
             )
         raise DevStackError(f"port(s) {listed} on 127.0.0.1 already in use: {fix}")
 
@@ -245,42 +279,97 @@ class DevStack:
                 "or empty it"
             )
         base = DEFAULT_PORT_BASE if self.port_base is None else self.port_base
-        if not 1024 <= base <= 65535 - max(PORT_OFFSETS.values()):
-            raise DevStackError(f"--port-base {base} is out of range: give 1024 to {65535 - max(PORT_OFFSETS.values())}")
-        self._check_ports(self._layout_ports(base))
+        replicas = self.replicas or 1
+        if not 1 <= replicas <= MAX_REPLICAS:
+            raise DevStackError(f"--replicas {replicas} is out of range: give 1 to {MAX_REPLICAS}")
+        if replicas > 1 and self.postgres is None:
+            raise DevStackError(
+                f"--replicas {replicas} needs --postgres DSN: replicas share their stores there, and relays wake "
+                "each other's subscribers through it"
+            )
+        top = max(port for ports in plan(0, replicas).values() for port in ports)
+        if not 1024 <= base <= 65535 - top:
+            raise DevStackError(f"--port-base {base} is out of range: give 1024 to {65535 - top}")
+        ports = plan(base, replicas)
+        self._check_ports(ports)
+        if self.postgres is not None and not is_postgres_dsn(self.postgres):
+            raise DevStackError(
+                f"--postgres {redacted_dsn(self.postgres)!r} is not a PostgreSQL DSN: give postgresql://USER@HOST:PORT/DATABASE"
+            )
+        dsns = self._postgres_schemas() if self.postgres else {}
         if entries:  # an earlier first `up` was interrupted while preparing: start that afresh
             for name in entries:
                 path = self.root / name
                 shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
         (self.root / MARKER).write_text("keyrelay dev state directory: `keyrelay dev down`, then remove it to start afresh\n")
         progress(f"preparing {self.shown_dir}: CAs and certificates, SoftHSM tokens and domain keys, configs")
-        cluster = DevCluster(self.root, instance_id=INSTANCE, port_base=base).prepare()
-        relay_port = base + PORT_OFFSETS["relay"]
-        relay_config = write_relay_config(
-            self.root / "relay.toml", port=relay_port, store=self.root / "relay.db", rate_limits=True,
-            extra=f'metrics_listen = "127.0.0.1:{base + PORT_OFFSETS["relay-metrics"]}"',
-        )
-        ports = self._layout_ports(base)
+        cluster = DevCluster(
+            self.root, instance_id=INSTANCE, port_base=base, replicas=replicas,
+            store_dsns={role: dsns[role] for role in ("shared", "dedicated") if role in dsns},
+        ).prepare()
         daemons = {}
         for name, daemon in cluster.daemons.items():
             daemons[name] = DaemonRecord(
                 name, daemon.command, str(daemon.config), f"127.0.0.1:{daemon.port}", ports[name],
                 str(daemon.health_ca), str(daemon.health_cert), str(daemon.health_key),
             )
-        daemons["relay"] = DaemonRecord("relay", "relay", str(relay_config), f"127.0.0.1:{relay_port}", ports["relay"])
+        for replica in range(replicas):
+            name = DevCluster.replica_name("relay", replica)
+            port, metrics = ports[name]
+            config = self._write_relay_config(name, port, metrics, dsns.get("relay", ""))
+            daemons[name] = DaemonRecord(name, "relay", str(config), f"127.0.0.1:{port}", ports[name])
         bootstrap = cluster.admin_credentials()
         self._save({
             "version": STATE_VERSION,
             "port_base": base,
+            "replicas": replicas,
+            "postgres": {role: redacted_dsn(dsn) for role, dsn in dsns.items()},
             "softhsm_conf": str(cluster.softhsm_conf),
             "gateway": cluster.gateway_target,
-            "relay": f"127.0.0.1:{relay_port}",
+            "relay": daemons["relay"].address,
             "private_endpoints": {INSTANCE: cluster.private_endpoint},
-            "dedicated_internal": cluster.dedicated_internal,
+            "dedicated_endpoints": cluster.dedicated_endpoints,
             "bootstrap": {k: str(v) for k, v in bootstrap.items()},
             "provisioned": False,
-            "daemons": daemons,
+            "order": list(ports),
+            "daemons": {name: daemons[name] for name in ports},
         })
+
+    def _write_relay_config(self, name: str, port: int, metrics: int, dsn: str) -> Path:
+        """A loopback relay config (plain text) on SQLite or PostgreSQL. The per-account rate
+        limit is the default; accounts may be created faster than by default (tests, benchmarks
+        and tours make many from one address)."""
+        config = self.root / f"{name}.toml"
+        config.write_text(
+            f'listen = "127.0.0.1:{port}"\nmetrics_listen = "127.0.0.1:{metrics}"\nshutdown_grace_seconds = 5\n\n'
+            f'[store]\npath = "{self.root / "relay.db"}"\n' + (f'dsn = "{dsn}"\n' if dsn else "")
+            + "\n[rate_limit]\naccount_creations_per_minute = 600\n"
+        )
+        return config
+
+    def _postgres_schemas(self) -> dict[str, str]:
+        """Create this cluster's schemas (shared KMS, dedicated instance, relay) in the database of
+        `--postgres`; returns a DSN per role, each with its schema as the search path."""
+        import secrets
+
+        import psycopg
+
+        prefix = f"keyrelay_dev_{secrets.token_hex(3)}"
+        try:
+            with psycopg.connect(self.postgres, autocommit=True, connect_timeout=10) as conn:
+                for role in ("shared", "dedicated", "relay"):
+                    conn.execute(f"CREATE SCHEMA IF NOT EXISTS {prefix}_{role}")
+        except psycopg.Error as exc:
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise DevStackError(
+                f"cannot use PostgreSQL at {redacted_dsn(self.postgres)}: {first}. Give --postgres a DSN such as "
+                "postgresql://USER@HOST:5432/DATABASE of a running server where USER may create schemas"
+            ) from None
+        separator = "&" if "?" in self.postgres else "?"
+        return {
+            role: f"{self.postgres}{separator}options=-csearch_path%3D{prefix}_{role}"
+            for role in ("shared", "dedicated", "relay")
+        }
 
     # -- up -----------------------------------------------------------------------------------------
 
@@ -295,19 +384,14 @@ class DevStack:
             if not self.exists():
                 self._prepare(progress)
             state = self.load_state()
-            if self.port_base is not None and self.port_base != state["port_base"]:
-                raise DevStackError(
-                    f"{self.shown_dir} already holds a cluster on port base {state['port_base']}: leave out "
-                    f"--port-base, or use another --state-dir for a cluster on {self.port_base}"
-                )
+            self._check_same_layout(state)
             daemons: dict[str, DaemonRecord] = state["daemons"]
-            to_start = [name for name in START_ORDER if not daemons[name].running()]
+            to_start = [name for name in state["order"] if not daemons[name].running()]
             self._check_ports({name: daemons[name].ports for name in to_start})
             started: list[str] = []
             try:
-                # The first shared node writes the bootstrap admin credential; the others follow it.
-                for group in (["shared-1"], ["shared-2", "dedicated"], ["gateway", "relay"]):
-                    self._start_group([n for n in group if n in to_start], state, started, progress)
+                for group in _start_groups(to_start):
+                    self._start_group(group, state, started, progress)
                 if not state["provisioned"]:
                     progress(f"provisioning tenant {TENANT}: instance {INSTANCE}, access points, profiles, {SEALING_ALIAS}")
                     from devstack.provision import provision
@@ -324,6 +408,20 @@ class DevStack:
                 self._save(state)
                 raise
             return self._status(state), started
+
+    def _check_same_layout(self, state: dict) -> None:
+        """Options of a later `up` must match the cluster the directory holds."""
+        given = {"--port-base": (self.port_base, state["port_base"]), "--replicas": (self.replicas, state["replicas"])}
+        for flag, (wanted, actual) in given.items():
+            if wanted is not None and wanted != actual:
+                raise DevStackError(
+                    f"{self.shown_dir} already holds a cluster with {flag} {actual}: leave out {flag}, or use "
+                    f"another --state-dir for a cluster with {flag} {wanted}"
+                )
+        if self.postgres is not None and not state["postgres"]:
+            raise DevStackError(
+                f"{self.shown_dir} holds a cluster on SQLite: leave out --postgres, or use another --state-dir"
+            )
 
     def _start_group(self, names: list[str], state: dict, started: list[str], progress: Callable[[str], None]) -> None:
         daemons: dict[str, DaemonRecord] = state["daemons"]
@@ -351,7 +449,7 @@ class DevStack:
 
     def _status(self, state: dict) -> StackStatus:
         reports = []
-        for name in START_ORDER:
+        for name in state["order"]:
             daemon: DaemonRecord = state["daemons"][name]
             if not daemon.running():
                 condition = "stopped"
@@ -364,7 +462,10 @@ class DevStack:
         profiles = {}
         if state["provisioned"]:
             profiles = {spec.name: str(Path(self.shown_dir) / spec.file) for spec in PROFILES}
-        return StackStatus(self.shown_dir, reports, state["gateway"], state["relay"], state["private_endpoints"], profiles)
+        return StackStatus(
+            self.shown_dir, reports, state["gateway"], state["relay"], state["private_endpoints"], profiles,
+            postgres=state["postgres"],
+        )
 
     def status(self) -> StackStatus:
         """The state of each daemon (from the state file, pids and health checks)."""
@@ -380,7 +481,7 @@ class DevStack:
         with self._locked():
             state = self.load_state()
             outcomes = {}
-            for name in STOP_ORDER:
+            for name in _stop_order(state["order"]):
                 daemon: DaemonRecord = state["daemons"][name]
                 process = daemon.process
                 if process is None or not process.alive():

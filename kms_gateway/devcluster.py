@@ -26,7 +26,9 @@ from kms_node import devsetup
 
 INTERNAL_HOSTS = ("127.0.0.1", "localhost")
 GATEWAY_CN = "keyrelay-gateway"
-#: Port of each listener as an offset from `DevCluster.port_base`.
+#: Port of each listener as an offset from `DevCluster.port_base`; replica r (from 0) of a
+#: gateway, dedicated node or relay adds `REPLICA_STRIDE * r`.
+REPLICA_STRIDE = 20
 PORT_OFFSETS = {
     "gateway": 0, "shared-1": 1, "shared-2": 2, "dedicated": 3, "private-endpoint": 4, "relay": 5,
     "gateway-metrics": 10, "shared-1-metrics": 11, "shared-2-metrics": 12, "dedicated-metrics": 13, "relay-metrics": 14,
@@ -65,6 +67,10 @@ class DevCluster:
     listeners: dict[str, int] = field(default_factory=dict)
     gateway_extra: str = ""
     port_base: int | None = None
+    #: Gateways and dedicated nodes (of the one instance) to run side by side.
+    replicas: int = 1
+    #: PostgreSQL DSNs of the "shared" and "dedicated" key stores; SQLite files when absent.
+    store_dsns: dict[str, str] = field(default_factory=dict)
     daemons: dict[str, Daemon] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -78,11 +84,17 @@ class DevCluster:
 
     # -- files ------------------------------------------------------------------------------------
 
-    def port(self, name: str) -> int:
-        """The port of a listener named in `PORT_OFFSETS`: fixed with `port_base`, else a free one."""
+    def port(self, name: str, replica: int = 0) -> int:
+        """The port of a listener named in `PORT_OFFSETS` (of replica `replica`, from 0): fixed
+        with `port_base`, else a free one."""
         if self.port_base is None:
             return devsetup.free_port()
-        return self.port_base + PORT_OFFSETS[name]
+        return self.port_base + PORT_OFFSETS[name] + REPLICA_STRIDE * replica
+
+    @staticmethod
+    def replica_name(role: str, replica: int) -> str:
+        """`gateway`, `gateway-2`, ...: the first replica keeps the role's plain name."""
+        return role if replica == 0 else f"{role}-{replica + 1}"
 
     def _credential(self, ca: CertificateAuthority, name: str, *, server: bool, client: bool) -> tuple[Path, Path]:
         cert, key = ca.issue(name, hosts=INTERNAL_HOSTS, server=server, client=client)
@@ -110,31 +122,38 @@ class DevCluster:
                 tokens=list(self.shared_tokens),
                 listen=f"127.0.0.1:{port}",
                 store_path=str(self.root / "shared.db"),
+                store_dsn=self.store_dsns.get("shared", ""),
                 extra=f'metrics_listen = "127.0.0.1:{self.port(f"shared-{index}-metrics")}"\n'
                 + self._tls_section(internal_cert=shared_cert)
                 + f'[ca]\ncert = "{self.kms_ca}"\nkey = "{self.pki / "kms-ca" / "ca.key"}"\n'
                 f'bootstrap_dir = "{self.bootstrap_dir}"\n',
             )
             self._add(f"shared-{index}", "node", config, port, self.internal_ca, *self.gateway_client)
-        dedicated_port, private_port = self.port("dedicated"), self.port("private-endpoint")
-        registry = ", ".join(f'"127.0.0.1:{p}"' for p in shared_ports)
-        config = devsetup.write_node_config(
-            self.root / "dedicated.toml",
-            tokens=list(self.dedicated_tokens),
-            listen=f"127.0.0.1:{dedicated_port}",
-            store_path=str(self.root / "dedicated.db"),
-            mode="dedicated",
-            instance_id=self.instance_id,
-            extra=f'metrics_listen = "127.0.0.1:{self.port("dedicated-metrics")}"\n'
-            + self._tls_section(internal_cert=dedicated_cert)
-            + f'[private_endpoint]\nlisten = "127.0.0.1:{private_port}"\ncert = "{private_server[0]}"\n'
-            f'key = "{private_server[1]}"\nclient_ca = "{self.kms_ca}"\nregistry_nodes = [{registry}]\n'
-            "credential_cache_seconds = 1\n",
-        )
-        self._add("dedicated", "node", config, dedicated_port, self.internal_ca, *self.gateway_client)
-        self.private_endpoint = f"127.0.0.1:{private_port}"
-        self.dedicated_internal = f"127.0.0.1:{dedicated_port}"
         self.shared_endpoints = [f"127.0.0.1:{p}" for p in shared_ports]
+        registry = ", ".join(f'"127.0.0.1:{p}"' for p in shared_ports)
+        self.dedicated_endpoints, self.private_endpoints = [], []
+        for replica in range(self.replicas):
+            name = self.replica_name("dedicated", replica)
+            dedicated_port, private_port = self.port("dedicated", replica), self.port("private-endpoint", replica)
+            config = devsetup.write_node_config(
+                self.root / f"{name}.toml",
+                tokens=list(self.dedicated_tokens),
+                listen=f"127.0.0.1:{dedicated_port}",
+                store_path=str(self.root / "dedicated.db"),
+                store_dsn=self.store_dsns.get("dedicated", ""),
+                mode="dedicated",
+                instance_id=self.instance_id,
+                extra=f'metrics_listen = "127.0.0.1:{self.port("dedicated-metrics", replica)}"\n'
+                + self._tls_section(internal_cert=dedicated_cert)
+                + f'[private_endpoint]\nlisten = "127.0.0.1:{private_port}"\ncert = "{private_server[0]}"\n'
+                f'key = "{private_server[1]}"\nclient_ca = "{self.kms_ca}"\nregistry_nodes = [{registry}]\n'
+                "credential_cache_seconds = 1\n",
+            )
+            self._add(name, "node", config, dedicated_port, self.internal_ca, *self.gateway_client)
+            self.dedicated_endpoints.append(f"127.0.0.1:{dedicated_port}")
+            self.private_endpoints.append(f"127.0.0.1:{private_port}")
+        self.private_endpoint = self.private_endpoints[0]
+        self.dedicated_internal = self.dedicated_endpoints[0]
 
         if not self.listeners:
             if self.port_base is None:
@@ -145,6 +164,11 @@ class DevCluster:
         self._gateway_server = gateway_server
         metrics = self.port("gateway-metrics") if self.port_base is not None else None
         self.add_gateway("gateway", self.listeners, self.audit_path, self.gateway_extra, metrics)
+        for replica in range(1, self.replicas):
+            name = self.replica_name("gateway", replica)
+            listeners = {zone: self.port("gateway", replica) for zone in self.listeners}
+            metrics = self.port("gateway-metrics", replica) if self.port_base is not None else None
+            self.add_gateway(name, listeners, self.root / f"audit-{replica + 1}.log", self.gateway_extra, metrics)
         devsetup.hsm_init(self.daemons["shared-1"].config, self.env)
         devsetup.hsm_init(self.daemons["dedicated"].config, self.env)
         return self

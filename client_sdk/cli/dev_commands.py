@@ -12,6 +12,7 @@ command runs, so the other commands stay light.
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from pathlib import Path
 
@@ -33,8 +34,15 @@ def register(commands) -> None:
         "report status",
         ["keyrelay dev up", "keyrelay dev up --state-dir /tmp/kr --port-base 7200"],
     )
-    up.add_argument("--port-base", type=output.int_in_range(1024, 65521), metavar="N",
-                    help="listen on ports N to N+14 (default 7100; fixed when the directory is first set up)")
+    up.add_argument("--port-base", type=output.int_in_range(1024, 65000), metavar="N",
+                    help="listen on ports N to N+14, N+20.. for further replicas (default 7100; fixed when the "
+                    "directory is first set up)")
+    up.add_argument("--postgres", metavar="DSN",
+                    help="keep every store in this PostgreSQL database (a schema per role, made here), e.g. "
+                    "postgresql://postgres@127.0.0.1:5432/postgres; default: SQLite files in the state directory")
+    up.add_argument("--replicas", type=output.int_in_range(1, 4), metavar="N",
+                    help="run N gateways, N dedicated nodes and N relays (beside the two shared nodes); more than "
+                    "one relay needs --postgres to share mailboxes (default 1)")
     status = output.add_command(
         dev, "status", "show each daemon of the dev cluster: pid, address, health (exit 1 unless all serve)",
         "keyrelay dev status -o json",
@@ -53,7 +61,10 @@ def register(commands) -> None:
 def _stack(args: argparse.Namespace):
     from devstack.stack import DevStack
 
-    return DevStack(args.state_dir, getattr(args, "port_base", None))
+    return DevStack(
+        args.state_dir, getattr(args, "port_base", None),
+        postgres=getattr(args, "postgres", None), replicas=getattr(args, "replicas", None),
+    )
 
 
 def _dev_errors(command):
@@ -129,6 +140,10 @@ def _format_status(status) -> str:
     for instance, endpoint in status.private_endpoints.items():
         lines.append(f"private endpoint: {endpoint} (instance {instance})")
     lines.append(f"relay:            {status.relay}")
+    if status.postgres:
+        database = next(iter(status.postgres.values())).split("?", 1)[0]
+        schemas = ", ".join(re.sub(r".*search_path%3D", "", dsn) for dsn in status.postgres.values())
+        lines.append(f"stores:           PostgreSQL {database}, schemas {schemas}")
     if status.profiles:
         from devstack.stack import PROFILES
 

@@ -82,12 +82,5 @@ def dev_stack(tmp_path_factory, e2e_tools):
     `.profiles` maps admin / app / messaging to the profile files `dev up` wrote (roles admin,
     crypto-user and messaging-user of tenant `dev`)."""
     run = DevStackRun(tmp_path_factory.mktemp("devstack") / "state", free_port_base())
-    done = run.up()
-    if done.returncode != 0:
-        run.kill_all()
-        pytest.fail(f"keyrelay dev up failed ({done.returncode}):\n{done.stdout}\n{done.stderr}")
-    try:
+    with run.running():
         yield run
-    finally:
-        run.run("down")
-        run.kill_all()

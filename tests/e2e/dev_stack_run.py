@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import os
 import random
+from contextlib import contextmanager
 import signal
 import subprocess
 from pathlib import Path
+
+import pytest
 
 from devstack.processes import port_in_use
 from devstack.stack import PROFILES, DevStack
@@ -49,3 +52,16 @@ class DevStackRun:
         for daemon in self.stack().load_state()["daemons"].values():
             if daemon.running():
                 os.kill(daemon.pid, signal.SIGKILL)
+
+    @contextmanager
+    def running(self, *options: str):
+        """`dev up` with these options (a test failure if it fails); `dev down` on leaving."""
+        done = self.run("up", "--port-base", str(self.port_base), *options)
+        if done.returncode != 0:
+            self.kill_all()
+            pytest.fail(f"keyrelay dev up {' '.join(options)} failed ({done.returncode}):\n{done.stdout}\n{done.stderr}")
+        try:
+            yield self
+        finally:
+            self.run("down")
+            self.kill_all()
