@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PROTO_FILES := $(wildcard protos/keyrelay/v1/*.proto)
 
-.PHONY: setup system-deps venv protos check-protos lint-protos test test-unit test-integration test-e2e demo bench bench-node bench-gateway bench-relay clean
+.PHONY: setup system-deps venv protos check-protos lint-protos test test-unit test-integration test-e2e demo bench bench-node bench-gateway bench-relay bench-scale clean
 
 setup: system-deps venv
 
@@ -131,6 +131,10 @@ bench-gateway: setup
 
 bench-relay: setup
 	$(PY) bench/bench_relay.py
+
+# One and two replicas of every role on PostgreSQL (default: the server on 127.0.0.1:5432).
+bench-scale: setup
+	$(PY) bench/bench_scale.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info
