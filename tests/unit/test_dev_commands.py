@@ -46,3 +46,18 @@ def test_port_base_out_of_range_is_a_usage_error(tmp_path, capsys):
         main(["dev", "up", "--state-dir", str(tmp_path), "--port-base", "65530"])
     assert exit_info.value.code == 2
     assert "--port-base" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "options,message",
+    [
+        (["--replicas", "2"], "--replicas 2 needs --postgres DSN"),
+        (["--postgres", "mysql://root:hunter2@db/keyrelay"], "is not a PostgreSQL DSN"),
+    ],
+)
+def test_replicas_need_postgres_and_a_postgres_dsn(tmp_path, capsys, monkeypatch, options, message):
+    monkeypatch.setattr(devsetup, "softhsm_module", lambda: "/usr/lib/softhsm/libsofthsm2.so")
+    status, _, err = _run(capsys, "dev", "up", "--state-dir", str(tmp_path / "state"), *options)
+    assert status == 1 and message in err, err
+    assert "hunter2" not in err
+    assert not (tmp_path / "state" / "dev-state.json").exists()
