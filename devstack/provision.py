@@ -15,12 +15,14 @@ from client_sdk.kms_client import KmsClient
 from foundation.errors import AliasNotFoundError, InstanceNotFoundError, KeyNotFoundError
 
 TIMEOUT = 30.0
+TENANT = "dev"
+INSTANCE = "dev-dedicated"
+#: The key that seals users' public keys for the directory (`keyrelay msg register --key`).
+SEALING_ALIAS = "alias/directory"
 
 
 def provision(root: Path, state: dict, profiles: Iterable) -> None:
     """Make what the profiles need (see the module docstring) and write the profile files."""
-    from devstack.stack import INSTANCE, SEALING_ALIAS, TENANT
-
     bootstrap = state["bootstrap"]
     operator = CredentialBundle.from_files(bootstrap["ca"], bootstrap["cert"], bootstrap["key"])
     gateway, relay, private = state["gateway"], state["relay"], state["private_endpoints"]

@@ -28,6 +28,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from devstack import processes
+from devstack.provision import INSTANCE, SEALING_ALIAS, TENANT, provision
 from devstack.processes import ProcessId
 from foundation.tls import channel_credentials
 from kms_gateway.devcluster import PORT_OFFSETS, REPLICA_STRIDE, DevCluster
@@ -39,9 +40,6 @@ DEFAULT_PORT_BASE = 7100
 STATE_FILE = "dev-state.json"
 # Written first when a directory is prepared: only a directory holding it is ever wiped.
 MARKER = ".keyrelay-dev"
-TENANT = "dev"
-INSTANCE = "dev-dedicated"
-SEALING_ALIAS = "alias/directory"
 #: The daemons of a cluster with one replica of each role, in start order.
 START_ORDER = ("shared-1", "shared-2", "dedicated", "gateway", "relay")
 # Listeners of each role (names of PORT_OFFSETS), probed before a daemon starts.
@@ -170,10 +168,6 @@ class StackStatus:
     @property
     def all_serving(self) -> bool:
         return all(d.state == "serving" for d in self.daemons)
-
-    @property
-    def any_running(self) -> bool:
-        return any(d.state != "stopped" for d in self.daemons)
 
 
 def _serving(daemon: DaemonRecord, timeout: float = 3.0) -> bool:
@@ -394,8 +388,6 @@ class DevStack:
                     self._start_group(group, state, started, progress)
                 if not state["provisioned"]:
                     progress(f"provisioning tenant {TENANT}: instance {INSTANCE}, access points, profiles, {SEALING_ALIAS}")
-                    from devstack.provision import provision
-
                     provision(self.root, state, PROFILES)
                     state["provisioned"] = True
                     self._save(state)

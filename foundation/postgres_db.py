@@ -33,6 +33,7 @@ import psycopg
 from psycopg import errors as pg_errors
 from psycopg_pool import ConnectionPool, PoolTimeout
 
+from foundation.config import ConfigError
 from foundation.errors import UnavailableError
 from foundation.migrations import apply_migrations
 
@@ -164,7 +165,16 @@ class PostgresDatabase:
                 f"the {what} cannot connect to PostgreSQL at {self.path} within {RETRY_SECONDS:g}s: check the DSN, "
                 "that the server runs, and that it accepts this user"
             ) from None
-        self._migrate()
+        try:
+            self._migrate()
+        except psycopg.Error as exc:
+            # Not a lost connection (those are retried, then UnavailableError): the server refused
+            # the schema, e.g. the user may not create tables in it.
+            self._pool.close()
+            raise ConfigError(
+                f"the {what} cannot create or migrate its tables in PostgreSQL at {self.path}: {_first_line(exc)}; "
+                "the DSN's user needs CREATE on the schema of its search path"
+            ) from None
 
     # -- calls --------------------------------------------------------------------------------------
 

@@ -29,7 +29,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 async def _serve(config, pin) -> int:
     from kms_node.server import NodeServer
 
-    return await serve_until_terminated(NodeServer(config, pin=pin), "node", log, (KeyrelayError, OSError))
+    # KeyrelayError covers an unreachable PostgreSQL (UnavailableError); ConfigError a store it refuses;
+    # RuntimeError a store whose schema is newer than this keyrelay.
+    startup_errors = (KeyrelayError, OSError, ConfigError, RuntimeError)
+    return await serve_until_terminated(NodeServer(config, pin=pin), "node", log, startup_errors)
 
 
 def run(args: argparse.Namespace) -> int:

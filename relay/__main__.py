@@ -25,14 +25,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 async def _serve(config) -> int:
-    import psycopg
-
     from foundation.errors import UnavailableError
     from relay.server import RelayServer
 
-    # UnavailableError: PostgreSQL unreachable (the message names the DSN without its password);
-    # psycopg.Error: it refused the store (e.g. the user may not create the schema's tables).
-    startup_errors = (OSError, ConfigError, ValueError, RuntimeError, UnavailableError, psycopg.Error)
+    # UnavailableError: PostgreSQL unreachable; ConfigError: it refused the store's tables (both
+    # messages name the DSN without its password).
+    startup_errors = (OSError, ConfigError, ValueError, RuntimeError, UnavailableError)
     return await serve_until_terminated(RelayServer(config), "relay", log, startup_errors)
 
 

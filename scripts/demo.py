@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 from devstack.processes import port_in_use
+from devstack.provision import INSTANCE, SEALING_ALIAS
 from devstack.stack import DEFAULT_PORT_BASE, PROFILES
 from kms_gateway.devcluster import PORT_OFFSETS
 from kms_node import devsetup
@@ -75,7 +76,7 @@ def port_base() -> int:
 
 
 def keys(tour: Tour) -> tuple[str, str]:
-    tour.step("Two master keys: one on the shared KMS, one on the dedicated instance dev-dedicated")
+    tour.step(f"Two master keys: one on the shared KMS, one on the dedicated instance {INSTANCE}")
     shared = tour.json(
         "key", "create", "--description", "demo orders", "--alias", "alias/demo-orders"
     )
@@ -83,15 +84,15 @@ def keys(tour: Tour) -> tuple[str, str]:
                "alias/demo-orders is enabled on the shared KMS")
     dedicated = tour.json(
         "key", "create", "--description", "demo payroll", "--alias", "alias/demo-payroll",
-        "--instance", "dev-dedicated",
+        "--instance", INSTANCE,
     )
-    tour.check(bool(dedicated) and dedicated["instance_id"] == "dev-dedicated",
-               "alias/demo-payroll is enabled on dev-dedicated (its material lives only in that instance's HSM pool)")
+    tour.check(bool(dedicated) and dedicated["instance_id"] == INSTANCE,
+               f"alias/demo-payroll is enabled on {INSTANCE} (its material lives only in that instance's HSM pool)")
     return "alias/demo-orders", "alias/demo-payroll"
 
 
 def crypto(tour: Tour, app: str, aliases: tuple[str, str]) -> None:
-    for alias, where in zip(aliases, ("the gateway", "the private endpoint of dev-dedicated")):
+    for alias, where in zip(aliases, ("the gateway", f"the private endpoint of {INSTANCE}")):
         tour.step(f"Encrypt and decrypt under {alias} (the SDK sends it to {where})")
         secret = b"card ending 4242"
         encrypted = tour.keyrelay(
@@ -133,7 +134,7 @@ def messaging(tour: Tour, messaging_profile: str) -> None:
     tour.step("alice and bob: key pairs made on their devices, public keys sealed by the KMS, published")
     devices = {user: str(tour.state / f"{user}.keys") for user in ("alice", "bob")}
     for user in ("alice", "bob"):
-        registered = tour.json("msg", "register", user, "--key", "alias/directory",
+        registered = tour.json("msg", "register", user, "--key", SEALING_ALIAS,
                                "--profile", messaging_profile, "--device", devices[user])
         tour.check(bool(registered) and registered["user_id"] == user, f"{user} registered")
 

@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import logging
 import threading
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
 from foundation import postgres_db
+from foundation.config import ConfigError
 from foundation.errors import UnavailableError
 from kms_node.store.admin_sql import SqlAdminStore
 from kms_node.store.base import AliasTaken, KeyState, RevisionConflict, VersionRecord
@@ -206,3 +208,18 @@ def test_unreachable_postgres_fails_fast_without_the_password(monkeypatch, caplo
         SqlKeyStore(f"postgresql://kms:{secret}@127.0.0.1:1/keyrelay?connect_timeout=1")
     assert "127.0.0.1" in str(caught.value)
     assert secret not in str(caught.value) and secret not in caplog.text
+
+
+def test_a_schema_the_user_may_not_write_is_a_config_error_naming_the_fix(postgres_admin, postgres_dsn):
+    """A server that refuses the store's tables (here: a user without CREATE on the schema) stops
+    the store with ConfigError, not a driver traceback."""
+    role = f"kr_readonly_{uuid.uuid4().hex[:8]}"
+    with postgres_admin() as conn:
+        conn.execute(f"CREATE ROLE {role} LOGIN")
+    try:
+        dsn = postgres_dsn.replace("postgres@", f"{role}@", 1)
+        with pytest.raises(ConfigError, match=r"cannot create or migrate its tables .* needs CREATE on the schema"):
+            SqlKeyStore(dsn)
+    finally:
+        with postgres_admin() as conn:
+            conn.execute(f"DROP ROLE {role}")
