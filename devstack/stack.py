@@ -31,7 +31,7 @@ from devstack import processes
 from devstack.provision import INSTANCE, SEALING_ALIAS, TENANT, provision
 from devstack.processes import ProcessId
 from foundation.tls import channel_credentials
-from kms_gateway.devcluster import PORT_OFFSETS, REPLICA_STRIDE, DevCluster
+from kms_gateway.devcluster import DevCluster, listener_port
 from kms_node import devsetup
 from foundation.postgres_db import is_postgres_dsn, redacted_dsn
 
@@ -89,12 +89,17 @@ class DevStackError(Exception):
 def plan(base: int, replicas: int) -> dict[str, list[int]]:
     """Every daemon of a cluster, in start order, with its ports: the two shared nodes, then
     `replicas` dedicated nodes, gateways and relays (replica r adds REPLICA_STRIDE * r)."""
-    daemons = {name: [base + PORT_OFFSETS[p] for p in _ROLE_LISTENERS[name]] for name in ("shared-1", "shared-2")}
+    daemons = {name: [listener_port(base, p) for p in _ROLE_LISTENERS[name]] for name in ("shared-1", "shared-2")}
     for role in ("dedicated", "gateway", "relay"):
         for replica in range(replicas):
-            ports = [base + PORT_OFFSETS[p] + REPLICA_STRIDE * replica for p in _ROLE_LISTENERS[role]]
+            ports = [listener_port(base, p, replica) for p in _ROLE_LISTENERS[role]]
             daemons[DevCluster.replica_name(role, replica)] = ports
     return daemons
+
+
+def _highest_offset(replicas: int) -> int:
+    """How far above the port base a cluster of `replicas` listens."""
+    return max(port for ports in plan(0, replicas).values() for port in ports)
 
 
 def _start_groups(names: list[str]) -> list[list[str]]:
@@ -256,7 +261,7 @@ class DevStack:
         else:
             fix = (
                 f"stop the program using it (`ss -ltnp 'sport = :{busy[0][1]}'` shows which), or choose other "
-                f"ports: `keyrelay dev up --port-base N` (uses N to N+{max(PORT_OFFSETS.values()) + REPLICA_STRIDE * ((self.replicas or 1) - 1)})"
+                f"ports: `keyrelay dev up --port-base N` (uses N to N+{_highest_offset(self.replicas or 1)})"
             )
         raise DevStackError(f"port(s) {listed} on 127.0.0.1 already in use: {fix}")
 
@@ -281,7 +286,7 @@ class DevStack:
                 f"--replicas {replicas} needs --postgres DSN: replicas share their stores there, and relays wake "
                 "each other's subscribers through it"
             )
-        top = max(port for ports in plan(0, replicas).values() for port in ports)
+        top = _highest_offset(replicas)
         if not 1024 <= base <= 65535 - top:
             raise DevStackError(f"--port-base {base} is out of range: give 1024 to {65535 - top}")
         ports = plan(base, replicas)

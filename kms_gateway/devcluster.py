@@ -35,6 +35,12 @@ PORT_OFFSETS = {
 }
 
 
+
+def listener_port(base: int, name: str, replica: int = 0) -> int:
+    """The fixed port of listener `name` (of PORT_OFFSETS) of replica `replica` (from 0)."""
+    return base + PORT_OFFSETS[name] + REPLICA_STRIDE * replica
+
+
 @dataclass
 class Daemon:
     """One daemon of the cluster: its config, port and process."""
@@ -89,7 +95,7 @@ class DevCluster:
         with `port_base`, else a free one."""
         if self.port_base is None:
             return devsetup.free_port()
-        return self.port_base + PORT_OFFSETS[name] + REPLICA_STRIDE * replica
+        return listener_port(self.port_base, name, replica)
 
     @staticmethod
     def replica_name(role: str, replica: int) -> str:
