@@ -236,7 +236,9 @@ class DevStack:
     @contextmanager
     def _locked(self) -> Iterator[None]:
         """One `dev` command at a time per state directory."""
-        self.root.mkdir(parents=True, exist_ok=True)
+        # Owner-only: it holds the dev CAs' keys, the credentials, and the configs (with the
+        # --postgres DSN as given, password included if it has one).
+        self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
         with open(self.root / ".lock", "w") as lock:
             try:
                 fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -43,6 +43,7 @@ def test_up_twice_down_twice_and_up_again_keeps_the_keys(dev):
     assert set(report["started"]) == DAEMONS
     assert {d["state"] for d in report["daemons"]} == {"serving"}
     assert all(path.exists() for path in dev.profiles.values())
+    assert dev.state_dir.stat().st_mode & 0o777 == 0o700  # CA keys, credentials, DSNs: owner only
     with KmsClient(profile=dev.profiles["admin"]) as kms:
         sealing_key = kms.describe_key("alias/directory").key_id
 
