@@ -37,6 +37,15 @@ _CHANNEL_OPTIONS = (
     ("grpc.keepalive_time_ms", 30000),
 )
 _NOT_DELIVERED = ("failed to connect", "connection refused", "connect failed", "no route to host")
+# How long a call waits for a replica to reconnect when every one refused it: the longest
+# reconnect backoff above, and a little; and how long before the caller's deadline it answers.
+RECONNECT_WAIT = 3.5
+ANSWER_MARGIN = 0.5
+
+
+def _not_delivered(exc: grpc.aio.AioRpcError) -> bool:
+    """The call failed before reaching the replica (the connection was refused or not made)."""
+    return any(marker in (exc.details() or "").lower() for marker in _NOT_DELIVERED)
 
 
 def error_from_upstream(exc: grpc.aio.AioRpcError) -> KeyrelayError:
@@ -157,33 +166,52 @@ class ReplicaSet:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         last: grpc.aio.AioRpcError | None = None
-        for attempt, replica in enumerate(self._order()):
-            remaining = deadline - loop.time()
-            if remaining <= 0:
-                break
-            if attempt and self._on_retry is not None:
-                self._on_retry(self.name)
-            try:
-                return await replica.method(path, response_type)(request, metadata=metadata, timeout=remaining)
-            except grpc.aio.AioRpcError as exc:
-                if exc.code() != grpc.StatusCode.UNAVAILABLE:
-                    raise error_from_upstream(exc) from None
-                last = exc
-                replica.healthy = False
-                details = (exc.details() or "").lower()
-                if not idempotent and not any(marker in details for marker in _NOT_DELIVERED):
-                    error = UnavailableError(
-                        f"the {self.name} KMS replica {replica.endpoint} failed during the call, which is not safe "
-                        "to repeat automatically; check the outcome (e.g. DescribeKey) before retrying"
+        for pass_ in range(2):
+            for attempt, replica in enumerate(self._order()):
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    break
+                if (attempt or pass_) and self._on_retry is not None:
+                    self._on_retry(self.name)
+                try:
+                    return await replica.method(path, response_type)(request, metadata=metadata, timeout=remaining)
+                except grpc.aio.AioRpcError as exc:
+                    if exc.code() != grpc.StatusCode.UNAVAILABLE:
+                        raise error_from_upstream(exc) from None
+                    last = exc
+                    replica.healthy = False
+                    if not idempotent and not _not_delivered(exc):
+                        error = UnavailableError(
+                            f"the {self.name} KMS replica {replica.endpoint} failed during the call, which is not "
+                            "safe to repeat automatically; check the outcome (e.g. DescribeKey) before retrying"
+                        )
+                        error.maybe_delivered = True
+                        raise error from None
+                    log.warning(
+                        "%s replica %s unavailable (%s); trying another", self.name, replica.endpoint, exc.details()
                     )
-                    error.maybe_delivered = True
-                    raise error from None
-                log.warning("%s replica %s unavailable (%s); trying another", self.name, replica.endpoint, exc.details())
+            # Every replica refused the connection: one may be restarting, its channel waiting out a
+            # reconnect backoff. Give them that long to come back (nothing was delivered, so trying
+            # again is safe for any call), but answer before the caller's deadline.
+            wait = min(RECONNECT_WAIT, deadline - loop.time() - ANSWER_MARGIN)
+            if pass_ or last is None or not _not_delivered(last) or not await self._any_ready(wait):
+                break
         if last is not None and dict(last.trailing_metadata() or ()).get(REASON_METADATA_KEY):
             raise error_from_upstream(last)
         error = UnavailableError(
             f"no replica of the {self.name} KMS ({', '.join(self.endpoints)}) answered in time; retry shortly"
         )
         # True when some replica may have received the request before failing.
-        error.maybe_delivered = last is None or not any(m in (last.details() or "").lower() for m in _NOT_DELIVERED)
+        error.maybe_delivered = last is None or not _not_delivered(last)
         raise error
+
+    async def _any_ready(self, timeout: float) -> bool:
+        """Whether some replica's channel connects within `timeout` seconds."""
+        if timeout <= 0:
+            return False
+        waits = [asyncio.ensure_future(r.channel.channel_ready()) for r in self.replicas]
+        done, pending = await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        for wait in pending:
+            wait.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+        return bool(done)

@@ -128,3 +128,24 @@ async def test_health_checks_bring_a_replica_back():
     finally:
         await replicas.close()
         await a.stop()
+
+
+async def test_a_restarted_replica_is_used_at_once_even_while_its_channel_backs_off():
+    """The only replica restarts: its channel is still waiting out a reconnect backoff from the
+    outage, so a call made right away would be refused. The call waits for the reconnection
+    instead (nothing was delivered, so even CreateKey may), and the answer is UNAVAILABLE only
+    when no replica comes back in time."""
+    a = await Replica("a").start()
+    replicas = ReplicaSet("instance:hr", [f"127.0.0.1:{a.port}"], None)
+    try:
+        await _call(replicas)
+        await a.stop()
+        for _ in range(4):  # refused connections grow the channel's backoff
+            with pytest.raises(UnavailableError):
+                await _call(replicas, timeout=1.0)
+        await a.start()
+        reply = await _call(replicas, timeout=10.0, idempotent=False)
+        assert reply.status == health_pb2.HealthCheckResponse.SERVING and a.calls == 2
+    finally:
+        await replicas.close()
+        await a.stop()
