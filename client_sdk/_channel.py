@@ -14,8 +14,8 @@ from client_sdk.credentials import DEFAULT_TIMEOUT, CredentialBundle, Profile, P
 from foundation.config import ConfigError
 from foundation.errors import REASON_METADATA_KEY, REQUEST_ID_METADATA_KEY, KeyrelayError, from_status
 from foundation.tls import channel_credentials_from_pem
+from foundation.wire import TENANT_METADATA_KEY
 
-TENANT_METADATA_KEY = "keyrelay-tenant"
 
 def to_datetime(ts) -> datetime:
     """A protobuf Timestamp as an aware UTC datetime."""

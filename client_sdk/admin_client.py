@@ -3,7 +3,7 @@
     from client_sdk import AdminClient
 
     with AdminClient() as admin:                       # the default profile's gateway and credential
-        ap = admin.create_access_point("acme", "orders-app", "crypto-user", key_patterns=["alias/orders-*"])
+        ap = admin.create_access_point("acme", "orders-app", ["crypto-user"], key_patterns=["alias/orders-*"])
         issued = admin.issue_credential(ap.access_point_id, out_dir="orders-app")
         # orders-app/ now holds the certificate, its key (0600), the CA and a profile.toml
 
@@ -23,13 +23,14 @@ from client_sdk._channel import ServiceClient, iterate_pages, optional_datetime,
 from client_sdk.credentials import write_profile
 from client_sdk.types import AccessPoint, AccessPointPage, Credential, Instance, InstancePage, IssuedCredential
 from foundation import access_policy
-from foundation.access_policy import role_enum_name
+from foundation.access_policy import ADMIN, role_enum_name
 from foundation.errors import InvalidArgumentError
 from foundation.pki import make_key_and_csr, write_credential
 from keyrelay.v1 import admin_pb2, admin_pb2_grpc
 
-#: Role names as the SDK spells them ("admin", "crypto-user", "messaging-user") -> enum value.
-ROLES = {role: admin_pb2.AccessPointRole.Value(role_enum_name(role)) for role in access_policy.ROLES}
+#: Role names as the SDK spells them ("key-admin", "access-admin", "crypto-user", "messaging-user",
+#: and "admin" for all four) -> enum value.
+ROLES = {role: admin_pb2.AccessPointRole.Value(role_enum_name(role)) for role in (*access_policy.ROLES, ADMIN)}
 _ROLE_NAMES = {value: name for name, value in ROLES.items()}
 
 
@@ -50,11 +51,12 @@ def _access_point(m: admin_pb2.AccessPoint) -> AccessPoint:
         access_point_id=m.access_point_id,
         tenant_id=m.tenant_id,
         name=m.name,
-        role=_ROLE_NAMES.get(m.role, "unspecified"),
+        roles=tuple(_ROLE_NAMES.get(r, "unspecified") for r in m.roles),
         key_patterns=tuple(m.key_patterns),
         allowed_zones=tuple(m.allowed_zones),
         allowed_cidrs=tuple(m.allowed_cidrs),
         create_time=to_datetime(m.create_time),
+        operator=m.operator,
     )
 
 
@@ -70,11 +72,14 @@ def _credential(m: admin_pb2.Credential) -> Credential:
     )
 
 
-def _role(role: str) -> int:
+def _roles(roles: str | Sequence[str]) -> list[int]:
+    names = [roles] if isinstance(roles, str) else list(roles)
+    if not names:
+        raise InvalidArgumentError(f"give at least one role of {', '.join(ROLES)}")
     try:
-        return ROLES[role]
-    except KeyError:
-        raise InvalidArgumentError(f"role must be one of {', '.join(ROLES)}, not {role!r}") from None
+        return [ROLES[name] for name in names]
+    except KeyError as exc:
+        raise InvalidArgumentError(f"role must be one of {', '.join(ROLES)}, not {exc.args[0]!r}") from None
 
 
 class AdminClient(ServiceClient):
@@ -134,23 +139,27 @@ class AdminClient(ServiceClient):
         self,
         tenant_id: str,
         name: str,
-        role: str,
+        roles: str | Sequence[str],
         key_patterns: Sequence[str] = (),
         allowed_zones: Sequence[str] = (),
         allowed_cidrs: Sequence[str] = (),
         *,
+        operator: bool = False,
         timeout: float | None = None,
     ) -> AccessPoint:
-        """Create an access point with a role (`admin`, `crypto-user`, `messaging-user`), the keys
-        it may use (ids or aliases, `*` a wildcard; none: no key) and the zones and CIDRs it may
-        come from (none: any)."""
+        """Create an access point with one or more roles (`key-admin`, `access-admin`,
+        `crypto-user`, `messaging-user`; `admin` for all four), the keys it may use (ids or
+        aliases, `*` a wildcard; none: no key) and the zones and CIDRs it may come from (none:
+        any). The caller's own access point must cover it: every role, key pattern, zone and CIDR
+        of the new one within its own (`operator` only from an operator)."""
         request = admin_pb2.CreateAccessPointRequest(
             tenant_id=tenant_id,
             name=name,
-            role=_role(role),
+            roles=_roles(roles),
             key_patterns=list(key_patterns),
             allowed_zones=list(allowed_zones),
             allowed_cidrs=list(allowed_cidrs),
+            operator=operator,
         )
         return _access_point(self._call("CreateAccessPoint", request, timeout).access_point)
 

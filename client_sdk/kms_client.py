@@ -29,7 +29,7 @@ import os
 import threading
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, AsyncIterator, Callable, Iterator, Mapping, Sequence
 
 import grpc
@@ -58,11 +58,10 @@ from client_sdk.types import (
     SealedPublicKey,
 )
 from foundation.access_policy import CRYPTO_METHODS
-from foundation.blob_formats import peek_key_id
+from foundation.key_refs import routing_refs
 from foundation.errors import (
     DeadlineExceededError,
     KeyrelayError,
-    MalformedCiphertextError,
     UnavailableError,
     from_status,
 )
@@ -117,19 +116,19 @@ def _data_key_items(response) -> list[BatchItem]:
 
 @dataclass(frozen=True, slots=True)
 class _Call:
-    """One RPC as the methods describe it: what to send, how to read the answer, where it goes.
-
-    `routes` holds, for a cryptographic call, what names its key: a key id or alias (str) or a
-    ciphertext blob (bytes), one per item for a batch (`items` names the repeated field), so the
-    client can send it to the private endpoint of the key's instance.
-    """
+    """One RPC as the methods describe it: what to send, how to read the answer, whether a retry
+    is safe."""
 
     method: str
     request: Any
     convert: Callable[[Any], Any]
     idempotent: bool = True
-    routes: tuple[str | bytes, ...] = ()
-    items: str = ""
+
+    @property
+    def routes(self) -> list[str | None]:
+        """What the call is routed by (`foundation.key_refs.routing_refs`): the key id or alias it
+        names, one per item for a batch; None for a blob that is not a keyrelay ciphertext."""
+        return routing_refs(self.method, self.request)
 
 
 class _InstanceCache:
@@ -157,17 +156,6 @@ class _InstanceCache:
         return meta.instance_id
 
 
-def _route_key(route: str | bytes) -> str | None:
-    """The key id or alias a route names; None for a blob that is not a keyrelay ciphertext (the
-    server will say what is wrong with it)."""
-    if isinstance(route, str):
-        return route
-    try:
-        return peek_key_id(route)
-    except MalformedCiphertextError:
-        return None
-
-
 def _split(call: _Call, instances: Sequence[str]) -> list[tuple[str, _Call, list[int]]]:
     """A batch call as one call per instance: (instance, call, indices of its items)."""
     groups: dict[str, list[int]] = {}
@@ -178,8 +166,7 @@ def _split(call: _Call, instances: Sequence[str]) -> list[tuple[str, _Call, list
     parts = []
     for instance, indices in groups.items():
         request = type(call.request)()
-        source = getattr(call.request, call.items)
-        getattr(request, call.items).extend(source[i] for i in indices)
+        request.items.extend(call.request.items[i] for i in indices)
         parts.append((instance, _Call(call.method, request, call.convert, call.idempotent), indices))
     return parts
 
@@ -299,7 +286,7 @@ class _KmsMethods:
         """Encrypt up to 4096 bytes; `context` must be given again to decrypt."""
         request = kms_pb2.EncryptRequest(key_id=key_id, plaintext=plaintext, encryption_context=dict(context or {}))
         return self._run(
-            _Call("Encrypt", request, lambda r: EncryptResult(r.ciphertext_blob, r.key_id, r.key_version), routes=(key_id,)),
+            _Call("Encrypt", request, lambda r: EncryptResult(r.ciphertext_blob, r.key_id, r.key_version)),
             timeout,
         )
 
@@ -316,7 +303,7 @@ class _KmsMethods:
             ciphertext_blob=ciphertext_blob, encryption_context=dict(context or {}), key_id=key_id
         )
         return self._run(
-            _Call("Decrypt", request, lambda r: DecryptResult(r.plaintext, r.key_id, r.key_version), routes=(ciphertext_blob,)),
+            _Call("Decrypt", request, lambda r: DecryptResult(r.plaintext, r.key_id, r.key_version)),
             timeout,
         )
 
@@ -340,7 +327,6 @@ class _KmsMethods:
             _Call(
                 "ReEncrypt", request,
                 lambda r: ReEncryptResult(r.ciphertext_blob, r.source_key_id, r.source_key_version, r.key_id, r.key_version),
-                routes=(ciphertext_blob,),
             ),
             timeout,
         )
@@ -358,8 +344,7 @@ class _KmsMethods:
             key_id=key_id, number_of_bytes=number_of_bytes, encryption_context=dict(context or {})
         )
         return self._run(
-            _Call("GenerateDataKey", request, lambda r: DataKey(r.plaintext, r.ciphertext_blob, r.key_id, r.key_version),
-                  routes=(key_id,)),
+            _Call("GenerateDataKey", request, lambda r: DataKey(r.plaintext, r.ciphertext_blob, r.key_id, r.key_version)),
             timeout,
         )
 
@@ -376,8 +361,7 @@ class _KmsMethods:
             key_id=key_id, number_of_bytes=number_of_bytes, encryption_context=dict(context or {})
         )
         return self._run(
-            _Call("GenerateDataKeyWithoutPlaintext", request, lambda r: DataKey(b"", r.ciphertext_blob, r.key_id, r.key_version),
-                  routes=(key_id,)),
+            _Call("GenerateDataKeyWithoutPlaintext", request, lambda r: DataKey(b"", r.ciphertext_blob, r.key_id, r.key_version)),
             timeout,
         )
 
@@ -395,7 +379,7 @@ class _KmsMethods:
             blob, context = (item, {}) if isinstance(item, bytes) else item
             request.items.add(ciphertext_blob=blob, encryption_context=dict(context))
             blobs.append(blob)
-        return self._run(_Call("BatchDecrypt", request, _decrypt_items, routes=tuple(blobs), items="items"), timeout)
+        return self._run(_Call("BatchDecrypt", request, _decrypt_items), timeout)
 
     def batch_generate_data_key(
         self,
@@ -411,7 +395,7 @@ class _KmsMethods:
             request.items.add(key_id=key_id, number_of_bytes=size, encryption_context=dict(context))
             keys.append(key_id)
         return self._run(
-            _Call("BatchGenerateDataKey", request, _data_key_items, routes=tuple(keys), items="items"), timeout
+            _Call("BatchGenerateDataKey", request, _data_key_items), timeout
         )
 
     def generate_random(self, number_of_bytes: int, *, timeout: float | None = None) -> bytes:
@@ -431,7 +415,7 @@ class _KmsMethods:
             s = response.sealed
             return SealedPublicKey(s.user_id, s.bundle_version, s.sealed_bundle, s.wrapped_dek)
 
-        return self._run(_Call("SealPublicKey", request, convert, routes=(key_id,)), timeout)
+        return self._run(_Call("SealPublicKey", request, convert), timeout)
 
     def open_public_key(self, sealed: SealedPublicKey, *, timeout: float | None = None) -> OpenedPublicKey:
         """Open a sealed record; refused (SealedRecordMismatchError) unless it is the named user's."""
@@ -444,8 +428,7 @@ class _KmsMethods:
             )
         )
         return self._run(
-            _Call("OpenPublicKey", request, lambda r: OpenedPublicKey(r.public_key_bundle, r.key_id, r.key_version),
-                  routes=(sealed.wrapped_dek,)),
+            _Call("OpenPublicKey", request, lambda r: OpenedPublicKey(r.public_key_bundle, r.key_id, r.key_version)),
             timeout,
         )
 
@@ -482,14 +465,16 @@ class _Routing:
         """Instance id -> host:port of the private endpoints this client sends cryptography to."""
         return dict(self._private_endpoints)
 
-    def _routes_privately(self, call: _Call) -> bool:
-        return bool(self._private_endpoints) and call.method in CRYPTO_METHODS and bool(call.routes)
+    def _private_routes(self, call: _Call) -> list[str | None]:
+        """What a call that may go to a private endpoint is routed by; [] for the gateway."""
+        if not self._private_endpoints or call.method not in CRYPTO_METHODS:
+            return []
+        return call.routes
 
-    def _known_instance(self, route: str | bytes) -> tuple[str, str | None]:
+    def _known_instance(self, key: str | None) -> tuple[str, str | None]:
         """(key, its instance) when known without asking: from the cache, or '' for a blob that is
         not a keyrelay ciphertext (the gateway will say what is wrong with it); (key, None) when
         the gateway must be asked."""
-        key = _route_key(route)
         if key is None:
             return "", ""
         return key, self._instances.get(key)
@@ -541,7 +526,7 @@ class KmsClient(_Routing, _KmsMethods, ServiceClient):
             channel.close()
         super().close()
 
-    def _instance_of(self, route: str | bytes, backoff: Backoff) -> str:
+    def _instance_of(self, route: str | None, backoff: Backoff) -> str:
         key, instance = self._known_instance(route)
         if instance is not None:
             return instance
@@ -553,14 +538,15 @@ class KmsClient(_Routing, _KmsMethods, ServiceClient):
     def _run(self, call: _Call, timeout: float | None):
         timeout = self._timeout if timeout is None else timeout
         backoff = Backoff(timeout)
-        if not self._routes_privately(call):
+        routes = self._private_routes(call)
+        if not routes:
             return self._attempt(self._stub, call, backoff)
-        instances = [self._instance_of(route, backoff) for route in call.routes]
+        instances = [self._instance_of(route, backoff) for route in routes]
         parts = _split(call, instances)
         if len(parts) == 1:
             return self._attempt(self._stub_for(parts[0][0]), call, backoff)
         results = [(indices, self._attempt(self._stub_for(instance), part, backoff)) for instance, part, indices in parts]
-        return _merge(results, len(call.routes))
+        return _merge(results, len(routes))
 
     def _attempt(self, stub, call: _Call, backoff: Backoff):
         """Send `call`, retrying an idempotent one on UNAVAILABLE within the deadline (one request id)."""
@@ -618,7 +604,7 @@ class AsyncKmsClient(_Routing, _KmsMethods, ServiceClient):
     def __enter__(self):
         raise TypeError("AsyncKmsClient is used with `async with`; use KmsClient for `with`")
 
-    async def _instance_of(self, route: str | bytes, backoff: Backoff) -> str:
+    async def _instance_of(self, route: str | None, backoff: Backoff) -> str:
         key, instance = self._known_instance(route)
         if instance is not None:
             return instance
@@ -630,16 +616,17 @@ class AsyncKmsClient(_Routing, _KmsMethods, ServiceClient):
     async def _run(self, call: _Call, timeout: float | None):
         timeout = self._timeout if timeout is None else timeout
         backoff = Backoff(timeout)
-        if not self._routes_privately(call):
+        routes = self._private_routes(call)
+        if not routes:
             return await self._attempt(self._stub, call, backoff)
-        instances = [await self._instance_of(route, backoff) for route in call.routes]
+        instances = [await self._instance_of(route, backoff) for route in routes]
         parts = _split(call, instances)
         if len(parts) == 1:
             return await self._attempt(self._stub_for(parts[0][0]), call, backoff)
         results = await asyncio.gather(
             *(self._attempt(self._stub_for(instance), part, backoff) for instance, part, _ in parts)
         )
-        return _merge([(indices, result) for (_, _, indices), result in zip(parts, results)], len(call.routes))
+        return _merge([(indices, result) for (_, _, indices), result in zip(parts, results)], len(routes))
 
     async def _attempt(self, stub, call: _Call, backoff: Backoff):
         metadata = self._metadata(uuid.uuid4().hex)

@@ -137,18 +137,25 @@ class InstancePage:
 
 @dataclass(frozen=True)
 class AccessPoint:
-    """An access point: a tenant's identity with a role (`admin`, `crypto-user` or
-    `messaging-user`), the key patterns it may use and the networks it may come from (empty
-    `allowed_zones` / `allowed_cidrs`: any)."""
+    """An access point: a tenant's identity with its roles (of `key-admin`, `access-admin`,
+    `crypto-user`, `messaging-user`), the key patterns it may use, the networks it may come from
+    (empty `allowed_zones` / `allowed_cidrs`: any), and whether it is an operator (administers
+    every tenant)."""
 
     access_point_id: str
     tenant_id: str
     name: str
-    role: str
+    roles: tuple[str, ...]
     key_patterns: tuple[str, ...]
     allowed_zones: tuple[str, ...]
     allowed_cidrs: tuple[str, ...]
     create_time: datetime
+    operator: bool = False
+
+    @property
+    def role(self) -> str:
+        """The roles as one word: `admin` for all four, else the role names joined by commas."""
+        return "admin" if len(self.roles) == 4 else ",".join(self.roles)
 
 
 @dataclass(frozen=True)

@@ -1,52 +1,106 @@
-"""Who may call what, from where, on which keys: the access-point rules (seed 001, claims 3 and 6).
+"""Who may call what, from where, on which keys: the one authorization module of the KMS.
 
-Both the gateway and a dedicated node's private endpoint apply these rules to every request, so
-they live here, free of gRPC: a `Principal` is what an authenticated client certificate stands
-for, and the checks raise the keyrelay error the caller should see.
+The gateway and every private endpoint ask it about every request, and the shared KMS asks it
+about every access point and credential an AdminService call creates or changes. It is pure: no
+gRPC, no I/O. Each check answers None (allowed) or a `Denial`: the rule that refused and the
+keyrelay error to raise.
 
-- Roles: each RPC belongs to one or more roles (`METHOD_ROLES`); an access point's role must be
-  one of them.
-- Networks: an access point may be limited to gateway listener zones and to client CIDRs.
-- Keys: an access point names the keys it may use as key ids or aliases, with `*` matching any
-  run of characters; a key matches if its id or any of its aliases matches a pattern.
+**Roles** (an access point holds a set of them; `admin` is shorthand for all four):
+
+- `key-admin`: key lifecycle (`CreateKey`, enable, disable, deletion, rotation, `UpdateKey`,
+  aliases), key reads, instance reads; with the operator property also `RegisterInstance`;
+- `access-admin`: access points and credentials, instance reads;
+- `crypto-user`: cryptography (`Encrypt`, `Decrypt`, ... `GenerateRandom`) and key reads;
+- `messaging-user`: `SealPublicKey`, `OpenPublicKey`, `DescribeKey`.
+
+`RULES` is the table (the README's role table is tested against it).
+
+**Checks of a request**, in this order; the first that fails decides:
+
+1. `check_call`: the access point's zones and CIDRs; at a private endpoint, that the caller's
+   tenant owns the instance and that the method is one a private endpoint serves; the role;
+   the operator property for global methods;
+2. (the entry point's rate limit, then key resolution);
+3. `check_key` / `check_name` for every key the request names (`foundation.key_refs`);
+4. `check_route` at the gateway, for a key of a dedicated instance: the instance's management
+   zones, and whether it allows cryptography through the gateway.
+
+**AdminService targets** (`check_tenant`, `check_grant`): a caller acts on its own tenant only,
+unless it has the *operator* property. It creates, deletes or issues or revokes credentials only
+for access points it *covers*: every role of the target is one of its roles; every key pattern of
+the target is covered by one of its patterns (whatever key the target's pattern matches, its
+pattern matches too); the target's zones and CIDRs are within its own (no restriction covers
+any); and only an operator creates an operator. So nothing an access point mints is more than it
+has, and repeating the process never gets further.
 """
 
 from __future__ import annotations
 
-import fnmatch
+import functools
 import ipaddress
 import re
 from dataclasses import dataclass
-from typing import Iterable
+from typing import Iterable, Protocol
 
-from foundation.errors import NetworkNotAllowedError, PermissionDeniedError
-
-ADMIN, CRYPTO_USER, MESSAGING_USER = "admin", "crypto-user", "messaging-user"
-ROLES = (ADMIN, CRYPTO_USER, MESSAGING_USER)
-
-#: Key lifecycle RPCs of KeyManagementService: the "management requests" of claim 3.
-MANAGEMENT_METHODS = frozenset(
-    {
-        "CreateKey", "DescribeKey", "ListKeys", "EnableKey", "DisableKey", "ScheduleKeyDeletion",
-        "CancelKeyDeletion", "RotateKey", "UpdateKey", "CreateAlias", "DeleteAlias",
-    }
+from foundation.errors import (
+    InvalidArgumentError,
+    KeyrelayError,
+    NetworkNotAllowedError,
+    PermissionDeniedError,
+    PrivateEndpointRequiredError,
 )
-#: Cryptographic RPCs: on a dedicated key they belong at the instance's private endpoint.
-CRYPTO_METHODS = frozenset(
-    {
-        "Encrypt", "Decrypt", "ReEncrypt", "GenerateDataKey", "GenerateDataKeyWithoutPlaintext",
-        "BatchDecrypt", "BatchGenerateDataKey", "GenerateRandom", "SealPublicKey", "OpenPublicKey",
-    }
-)
-_READS = frozenset({"DescribeKey", "ListKeys"})
-METHOD_ROLES: dict[str, frozenset[str]] = {
-    **{m: frozenset({ADMIN}) for m in MANAGEMENT_METHODS - _READS},
-    **{m: frozenset({ADMIN, CRYPTO_USER}) for m in ("ListKeys",)},
-    "DescribeKey": frozenset({ADMIN, CRYPTO_USER, MESSAGING_USER}),
-    **{m: frozenset({CRYPTO_USER}) for m in CRYPTO_METHODS - {"SealPublicKey", "OpenPublicKey"}},
-    "SealPublicKey": frozenset({MESSAGING_USER}),
-    "OpenPublicKey": frozenset({MESSAGING_USER}),
+
+KEY_ADMIN, ACCESS_ADMIN, CRYPTO_USER, MESSAGING_USER = "key-admin", "access-admin", "crypto-user", "messaging-user"
+#: Every role, in the order they are shown.
+ROLES = (KEY_ADMIN, ACCESS_ADMIN, CRYPTO_USER, MESSAGING_USER)
+#: `admin` stands for every role (what an administrator could do before roles were split).
+ADMIN = "admin"
+ALL_ROLES = frozenset(ROLES)
+
+# Kinds of method: what an entry point does with them.
+KEY_MANAGEMENT, KEY_READ, CRYPTO = "key-management", "key-read", "crypto"
+ACCESS, INSTANCES = "access", "instances"
+#: Kinds a private endpoint serves; key management goes through the gateway.
+PRIVATE_ENDPOINT_KINDS = frozenset({KEY_READ, CRYPTO})
+
+
+@dataclass(frozen=True, slots=True)
+class MethodRule:
+    """Who may call one RPC: any of `roles`; with `operator_only`, only an operator."""
+
+    service: str
+    kind: str
+    roles: frozenset[str]
+    operator_only: bool = False
+
+
+def _rules(service: str, kind: str, roles: Iterable[str], methods: str, operator_only: bool = False) -> dict:
+    return {m: MethodRule(service, kind, frozenset(roles), operator_only) for m in methods.split()}
+
+
+_KMS, _ADMIN_SERVICE = "KeyManagementService", "AdminService"
+#: Method name -> rule, for every RPC of KeyManagementService and AdminService.
+RULES: dict[str, MethodRule] = {
+    **_rules(_KMS, KEY_MANAGEMENT, [KEY_ADMIN],
+             "CreateKey EnableKey DisableKey ScheduleKeyDeletion CancelKeyDeletion RotateKey UpdateKey "
+             "CreateAlias DeleteAlias"),
+    **_rules(_KMS, KEY_READ, [KEY_ADMIN, CRYPTO_USER, MESSAGING_USER], "DescribeKey"),
+    **_rules(_KMS, KEY_READ, [KEY_ADMIN, CRYPTO_USER], "ListKeys"),
+    **_rules(_KMS, CRYPTO, [CRYPTO_USER],
+             "Encrypt Decrypt ReEncrypt GenerateDataKey GenerateDataKeyWithoutPlaintext BatchDecrypt "
+             "BatchGenerateDataKey GenerateRandom"),
+    **_rules(_KMS, CRYPTO, [MESSAGING_USER], "SealPublicKey OpenPublicKey"),
+    **_rules(_ADMIN_SERVICE, INSTANCES, [KEY_ADMIN], "RegisterInstance", operator_only=True),
+    **_rules(_ADMIN_SERVICE, INSTANCES, [KEY_ADMIN, ACCESS_ADMIN], "DescribeInstance ListInstances"),
+    **_rules(_ADMIN_SERVICE, ACCESS, [ACCESS_ADMIN],
+             "CreateAccessPoint DescribeAccessPoint ListAccessPoints DeleteAccessPoint IssueCredential "
+             "ListCredentials RevokeCredential"),
 }
+#: Key lifecycle RPCs (the "management requests" a dedicated instance's zones apply to).
+MANAGEMENT_METHODS = frozenset(m for m, r in RULES.items() if r.kind in (KEY_MANAGEMENT, KEY_READ))
+#: Cryptographic RPCs: on a dedicated key they belong at the instance's private endpoint.
+CRYPTO_METHODS = frozenset(m for m, r in RULES.items() if r.kind == CRYPTO)
+
 _ZONE = re.compile(r"^[a-z0-9][a-z0-9-]{0,31}$")
 #: A tenant id: 1-64 of a-z 0-9 . _ -, starting with a letter or digit.
 TENANT_ID = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
@@ -58,12 +112,45 @@ _ROLE_ENUM_PREFIX = "ACCESS_POINT_ROLE_"
 def role_from_enum_name(name: str) -> str:
     """`ACCESS_POINT_ROLE_CRYPTO_USER` (the protobuf enum name) -> `crypto-user`; '' when unset or unknown."""
     role = name.removeprefix(_ROLE_ENUM_PREFIX).lower().replace("_", "-")
-    return role if role in ROLES else ""
+    return role if role in ROLES or role == ADMIN else ""
 
 
 def role_enum_name(role: str) -> str:
     """`crypto-user` -> `ACCESS_POINT_ROLE_CRYPTO_USER`, the protobuf enum name of a role."""
     return _ROLE_ENUM_PREFIX + role.upper().replace("-", "_")
+
+
+def parse_roles(names: Iterable[str]) -> frozenset[str]:
+    """The role set named by `names` (`admin` expands to every role); InvalidArgumentError for
+    an unknown name or none at all."""
+    roles: set[str] = set()
+    for name in names:
+        if name == ADMIN:
+            roles |= ALL_ROLES
+        elif name in ALL_ROLES:
+            roles.add(name)
+        else:
+            raise InvalidArgumentError(f"role {name[:40]!r} is not one of {', '.join(ROLES)} (or {ADMIN}: all of them)")
+    if not roles:
+        raise InvalidArgumentError(f"roles is empty: give at least one of {', '.join(ROLES)} (or {ADMIN}: all of them)")
+    return frozenset(roles)
+
+
+def sorted_roles(roles: Iterable[str]) -> tuple[str, ...]:
+    """Roles in the order of `ROLES`."""
+    held = set(roles)
+    return tuple(role for role in ROLES if role in held)
+
+
+class Powers(Protocol):
+    """What an access point may do: the fields the policy reads of a principal or a target."""
+
+    tenant_id: str
+    roles: frozenset[str]
+    key_patterns: tuple[str, ...]
+    allowed_zones: tuple[str, ...]
+    allowed_cidrs: tuple[str, ...]
+    operator: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,11 +160,71 @@ class Principal:
     tenant_id: str
     access_point_id: str
     name: str
-    role: str
+    roles: frozenset[str]
     key_patterns: tuple[str, ...] = ()
     allowed_zones: tuple[str, ...] = ()
     allowed_cidrs: tuple[str, ...] = ()
+    operator: bool = False
     credential_serial: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Grant:
+    """The powers of an access point an AdminService call creates or acts on."""
+
+    tenant_id: str
+    roles: frozenset[str]
+    key_patterns: tuple[str, ...] = ()
+    allowed_zones: tuple[str, ...] = ()
+    allowed_cidrs: tuple[str, ...] = ()
+    operator: bool = False
+    name: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """Where a request arrived: its network zone and peer address, and for a private endpoint the
+    instance it serves and the tenant that owns it (empty at the gateway)."""
+
+    zone: str
+    peer: ipaddress.IPv4Address | ipaddress.IPv6Address | None
+    instance_id: str = ""
+    instance_tenant: str = ""
+
+    @property
+    def private(self) -> bool:
+        return bool(self.instance_id)
+
+
+@dataclass(frozen=True, slots=True)
+class InstancePolicy:
+    """A dedicated instance's network policy, as the gateway applies it."""
+
+    instance_id: str
+    management_zones: tuple[str, ...]
+    allow_public_crypto: bool
+    private_endpoint: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Denial:
+    """A refusal: `rule` names the check (for audit records), `error` is what the caller gets."""
+
+    rule: str
+    error: KeyrelayError
+
+    @property
+    def reason(self) -> str:
+        return self.error.reason
+
+    def raise_(self) -> None:
+        raise self.error
+
+
+def enforce(denial: Denial | None) -> None:
+    """Raise the denial's error, if any."""
+    if denial is not None:
+        raise denial.error
 
 
 def valid_zone(zone: str) -> bool:
@@ -85,47 +232,235 @@ def valid_zone(zone: str) -> bool:
     return bool(_ZONE.fullmatch(zone))
 
 
-def check_role(principal: Principal, method: str, *, admin_service: bool = False) -> None:
-    """Raise PermissionDeniedError unless the principal's role may call `method`."""
-    allowed = frozenset({ADMIN}) if admin_service else METHOD_ROLES.get(method, frozenset())
-    if principal.role not in allowed:
-        need = " or ".join(sorted(allowed)) or "no role"
-        raise PermissionDeniedError(
-            f"access point {principal.name!r} has role {principal.role}; {method} needs {need}: "
-            "use a credential of an access point with that role"
-        )
+# -- patterns ---------------------------------------------------------------------------------
 
 
-def check_network(principal: Principal, zone: str, peer_ip: ipaddress._BaseAddress | None) -> None:
-    """Raise NetworkNotAllowedError unless the request's zone and address are allowed."""
-    if principal.allowed_zones and zone not in principal.allowed_zones:
-        raise NetworkNotAllowedError(
-            f"access point {principal.name!r} may be used only from zone(s) {', '.join(principal.allowed_zones)}; "
-            f"this request came in on zone {zone!r}"
-        )
-    if principal.allowed_cidrs:
-        if peer_ip is None or not any(
-            peer_ip in ipaddress.ip_network(cidr, strict=False) for cidr in principal.allowed_cidrs
-        ):
-            raise NetworkNotAllowedError(
-                f"access point {principal.name!r} may be used only from {', '.join(principal.allowed_cidrs)}; "
-                f"this request came from {peer_ip or 'an unknown address'}"
-            )
+@functools.lru_cache(maxsize=16384)
+def _segments(pattern: str) -> tuple[str, ...]:
+    return tuple(pattern.split("*"))
+
+
+def glob_match(pattern: str, text: str) -> bool:
+    """Whether `text` matches `pattern`, where `*` matches any run of characters (nothing else is
+    special). Linear in practice: literal runs are found left to right, which is exact for
+    patterns whose only wildcard is `*`, and no pattern can make it backtrack."""
+    parts = _segments(pattern)
+    if len(parts) == 1:
+        return pattern == text
+    first, last = parts[0], parts[-1]
+    end = len(text) - len(last)
+    if end < len(first) or not text.startswith(first) or not text.endswith(last):
+        return False
+    position = len(first)
+    for part in parts[1:-1]:
+        if part:
+            found = text.find(part, position, end)
+            if found < 0:
+                return False
+            position = found + len(part)
+    return True
 
 
 def key_matches(patterns: Iterable[str], key_id: str, aliases: Iterable[str] = ()) -> bool:
-    """True when the key id or one of its aliases matches one of the patterns (`*` = any run)."""
+    """True when the key id or one of its aliases matches one of the patterns."""
     names = (key_id, *aliases)
-    return any(fnmatch.fnmatchcase(name, pattern) for pattern in patterns for name in names)
+    return any(glob_match(pattern, name) for pattern in patterns for name in names)
 
 
-def check_key(principal: Principal, key_id: str, aliases: Iterable[str] = (), *, shown_as: str = "") -> None:
-    """Raise PermissionDeniedError unless the principal's key patterns cover the key."""
-    if not key_matches(principal.key_patterns, key_id, aliases):
-        raise PermissionDeniedError(
-            f"access point {principal.name!r} may not use key {shown_as or key_id}: it is not covered by its "
-            f"key patterns ({', '.join(principal.key_patterns) or 'none'})"
-        )
+def pattern_covers(general: str, specific: str) -> bool:
+    """Whether every name `specific` matches, `general` matches too.
+
+    Exact for `*`-only patterns: `general` covers `specific` exactly when it matches the text of
+    `specific` with each `*` read as a character no literal of `general` contains. (If it does, each
+    of `specific`'s stars lies inside a star of `general`, which absorbs whatever it stands for; if
+    it does not, `specific` with its stars replaced by a character absent from `general` is a name
+    `specific` matches and `general` does not.) A star in `general`'s literals is impossible, so
+    plain matching of the text does it."""
+    return glob_match(general, specific)
+
+
+def patterns_cover(general: Iterable[str], specific: Iterable[str]) -> bool:
+    """Whether every pattern of `specific` is covered by some pattern of `general` (for `*`-only
+    patterns this is also what it takes for the union of one to include the union of the other)."""
+    general = tuple(general)
+    return all(any(pattern_covers(g, s) for g in general) for s in specific)
+
+
+@functools.lru_cache(maxsize=4096)
+def _networks(cidrs: tuple[str, ...]) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    return tuple(ipaddress.ip_network(cidr, strict=False) for cidr in cidrs)
+
+
+def cidrs_cover(general: tuple[str, ...], specific: tuple[str, ...]) -> bool:
+    """Whether every address `specific` allows, `general` allows (an empty list allows any)."""
+    if not general:
+        return True
+    if not specific:
+        return False
+    outer = _networks(general)
+    return all(
+        any(net.version == big.version and net.subnet_of(big) for big in outer) for net in _networks(specific)
+    )
+
+
+def zones_cover(general: tuple[str, ...], specific: tuple[str, ...]) -> bool:
+    """Whether every zone `specific` allows, `general` allows (an empty list allows any)."""
+    return not general or (bool(specific) and set(specific) <= set(general))
+
+
+def covers(holder: Powers, target: Powers) -> bool:
+    """Whether `target`'s powers are within `holder`'s: tenant (unless an operator), operator
+    property, roles, key patterns, zones and CIDRs."""
+    return _escalation(holder, target, "") is None
+
+
+# -- the checks of a request ------------------------------------------------------------------
+
+
+def check_call(principal: Principal, entry: Entry, method: str) -> Denial | None:
+    """Network, entry point, role and operator checks of one call (see the module docstring)."""
+    rule = RULES.get(method)
+    if principal.allowed_zones and entry.zone not in principal.allowed_zones:
+        return Denial("network", NetworkNotAllowedError(
+            f"access point {principal.name!r} may be used only from zone(s) {', '.join(principal.allowed_zones)}; "
+            f"this request came in on zone {entry.zone!r}"
+        ))
+    if principal.allowed_cidrs and (
+        entry.peer is None or not any(entry.peer in net for net in _networks(principal.allowed_cidrs))
+    ):
+        return Denial("network", NetworkNotAllowedError(
+            f"access point {principal.name!r} may be used only from {', '.join(principal.allowed_cidrs)}; "
+            f"this request came from {entry.peer or 'an unknown address'}"
+        ))
+    if entry.private:
+        if principal.tenant_id != entry.instance_tenant:
+            return Denial("instance-owner", PermissionDeniedError(
+                f"access point {principal.name!r} belongs to tenant {principal.tenant_id!r}, which does not own "
+                f"dedicated instance {entry.instance_id!r}: use a credential of the instance's tenant"
+            ))
+        if rule is None or rule.kind not in PRIVATE_ENDPOINT_KINDS:
+            return Denial("endpoint", PermissionDeniedError(
+                f"{method} is key management: send it through the gateway. The private endpoint of instance "
+                f"{entry.instance_id!r} serves cryptography and key reads"
+            ))
+    return check_role(principal, method)
+
+
+def check_role(principal: Principal, method: str) -> Denial | None:
+    """The role and operator checks of `check_call` alone (for a service behind an entry point
+    that has made the network checks)."""
+    rule = RULES.get(method)
+    if rule is None or not principal.roles & rule.roles:
+        need = " or ".join(sorted_roles(rule.roles)) if rule else "no role"
+        held = ", ".join(sorted_roles(principal.roles)) or "none"
+        return Denial("role", PermissionDeniedError(
+            f"access point {principal.name!r} has role(s) {held}; {method} needs {need}: "
+            "use a credential of an access point with that role"
+        ))
+    if rule.operator_only and not principal.operator:
+        return Denial("operator", PermissionDeniedError(
+            f"{method} acts for every tenant and is for operators only; access point {principal.name!r} is not "
+            "an operator: ask your KMS operator"
+        ))
+    return None
+
+
+def check_key(principal: Principal, key_id: str, aliases: Iterable[str] = (), *, shown_as: str = "") -> Denial | None:
+    """Whether the principal's key patterns cover an existing key (by its id or an alias)."""
+    if key_matches(principal.key_patterns, key_id, aliases):
+        return None
+    return Denial("key", PermissionDeniedError(
+        f"access point {principal.name!r} may not use key {shown_as or key_id}: it is not covered by its "
+        f"key patterns ({', '.join(principal.key_patterns) or 'none'})"
+    ))
+
+
+def check_name(principal: Principal, name: str) -> Denial | None:
+    """Whether the principal's key patterns cover an alias it creates or removes. "" is a new key
+    without an alias, known only by its id: that takes a pattern covering every key (`*`)."""
+    if any(glob_match(pattern, name) for pattern in principal.key_patterns):
+        return None
+    shown = f"alias {name}" if name else "a key without an alias (that takes the key pattern '*')"
+    return Denial("key", PermissionDeniedError(
+        f"access point {principal.name!r} may not create or remove {shown}: it is not covered by its key "
+        f"patterns ({', '.join(principal.key_patterns) or 'none'})"
+    ))
+
+
+def check_route(entry: Entry, method: str, instance: InstancePolicy, key_id: str = "") -> Denial | None:
+    """At the gateway, a dedicated instance's own policy for a call on one of its keys: management
+    only from its management zones; cryptography only if it allows public crypto."""
+    rule = RULES[method]
+    if rule.kind in (KEY_MANAGEMENT, KEY_READ):
+        zones = instance.management_zones
+        if zones and entry.zone not in zones:
+            return Denial("instance-zone", NetworkNotAllowedError(
+                f"management requests for dedicated instance {instance.instance_id!r} are accepted only "
+                f"from zone(s) {', '.join(zones)}; this request came in on zone {entry.zone!r}"
+            ))
+    elif rule.kind == CRYPTO and not instance.allow_public_crypto:
+        return Denial("private-endpoint", PrivateEndpointRequiredError(
+            f"key {key_id or '(new)'} belongs to dedicated instance {instance.instance_id!r}: send cryptographic "
+            f"requests to its private endpoint {instance.private_endpoint or '(not registered)'} with an "
+            "access-point credential"
+        ))
+    return None
+
+
+# -- AdminService targets ---------------------------------------------------------------------
+
+
+def sees(principal: Powers, tenant_id: str) -> bool:
+    """Whether objects of `tenant_id` are visible to the principal (its own, or every tenant's
+    for an operator)."""
+    return principal.operator or tenant_id == principal.tenant_id
+
+
+def check_tenant(principal: Principal, tenant_id: str) -> Denial | None:
+    """Whether the principal may act for `tenant_id`."""
+    if sees(principal, tenant_id):
+        return None
+    return Denial("tenant", PermissionDeniedError(
+        f"access point {principal.name!r} administers tenant {principal.tenant_id!r}, not {tenant_id[:70]!r}; "
+        "use a credential of that tenant, or ask your KMS operator"
+    ))
+
+
+def check_grant(principal: Principal, target: Powers, *, action: str = "create") -> Denial | None:
+    """Whether the principal may `action` (create, delete, issue a credential to, revoke a
+    credential of) an access point with `target`'s powers: the non-escalation rule."""
+    return _escalation(principal, target, action)
+
+
+def _escalation(holder: Powers, target: Powers, action: str) -> Denial | None:
+    who = f"access point {getattr(holder, 'name', '')!r}"
+    what = f"may not {action} an access point" if action else "does not cover an access point"
+    rule = (
+        "an access point creates, deletes and issues or revokes credentials only for access points within "
+        "its own roles, key patterns, zones and CIDRs"
+    )
+    if not sees(holder, target.tenant_id):
+        return Denial("tenant", PermissionDeniedError(
+            f"{who} administers tenant {holder.tenant_id!r}, not {target.tenant_id[:70]!r}; use a credential of "
+            "that tenant, or ask your KMS operator"
+        ))
+    problems = []
+    if target.operator and not holder.operator:
+        problems.append("with the operator property (only an operator grants it)")
+    extra = target.roles - holder.roles
+    if extra:
+        problems.append(f"with role(s) {', '.join(sorted_roles(extra))} it does not hold")
+    uncovered = [p for p in target.key_patterns if not any(pattern_covers(g, p) for g in holder.key_patterns)]
+    if uncovered:
+        problems.append(f"with key pattern(s) {', '.join(p[:80] for p in uncovered[:5])} outside its own "
+                        f"({', '.join(holder.key_patterns) or 'none'})")
+    if not zones_cover(holder.allowed_zones, target.allowed_zones):
+        problems.append(f"usable from zones beyond its own ({', '.join(holder.allowed_zones)})")
+    if not cidrs_cover(holder.allowed_cidrs, target.allowed_cidrs):
+        problems.append(f"usable from addresses beyond its own ({', '.join(holder.allowed_cidrs)})")
+    if not problems:
+        return None
+    return Denial("escalation", PermissionDeniedError(f"{who} {what} {'; '.join(problems)}: {rule}"))
 
 
 def zone_for(listener_zone: str, peer_ip: ipaddress._BaseAddress | None, zone_cidrs: dict[str, tuple[str, ...]]) -> str:
@@ -134,8 +469,7 @@ def zone_for(listener_zone: str, peer_ip: ipaddress._BaseAddress | None, zone_ci
     best: tuple[int, str] | None = None
     if peer_ip is not None:
         for zone, cidrs in zone_cidrs.items():
-            for cidr in cidrs:
-                network = ipaddress.ip_network(cidr, strict=False)
+            for network in _networks(tuple(cidrs)):
                 if peer_ip.version == network.version and peer_ip in network:
                     if best is None or network.prefixlen > best[0]:
                         best = (network.prefixlen, zone)

@@ -16,7 +16,7 @@ from typing import Callable, Sequence
 
 from cryptography import x509
 
-from foundation.access_policy import Principal, role_from_enum_name
+from foundation.access_policy import ALL_ROLES, Principal, role_from_enum_name
 from foundation.errors import CredentialExpiredError, UnauthenticatedError
 from foundation.pki import fingerprint_sha256, serial_hex
 from foundation.upstream import ReplicaSet
@@ -26,16 +26,25 @@ _AUTHENTICATE = "/keyrelay.v1.AccessRegistryService/AuthenticateCredential"
 _MAX_ENTRIES = 50_000
 
 
+def _role_names(values) -> frozenset[str]:
+    names = (role_from_enum_name(admin_pb2.AccessPointRole.Name(v)) for v in values if v in _KNOWN_ROLES)
+    return frozenset(role for role in names if role in ALL_ROLES)
+
+
+_KNOWN_ROLES = frozenset(admin_pb2.AccessPointRole.values())
+
+
 def principal_from(access_point: admin_pb2.AccessPoint, serial: str) -> Principal:
     """The `Principal` of an access point, as a credential with `serial` presents it."""
     return Principal(
         tenant_id=access_point.tenant_id,
         access_point_id=access_point.access_point_id,
         name=access_point.name,
-        role=role_from_enum_name(admin_pb2.AccessPointRole.Name(access_point.role)) or "none",
+        roles=_role_names(access_point.roles),
         key_patterns=tuple(access_point.key_patterns),
         allowed_zones=tuple(access_point.allowed_zones),
         allowed_cidrs=tuple(access_point.allowed_cidrs),
+        operator=access_point.operator,
         credential_serial=serial,
     )
 

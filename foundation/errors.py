@@ -57,10 +57,7 @@ from __future__ import annotations
 
 import grpc
 
-#: Trailing-metadata key carrying the reason name of an error.
-REASON_METADATA_KEY = "keyrelay-error-reason"
-#: Metadata key carrying the request id (sent by clients, echoed by servers).
-REQUEST_ID_METADATA_KEY = "x-request-id"
+from foundation.wire import REASON_METADATA_KEY, REQUEST_ID_METADATA_KEY  # noqa: F401 - public here too
 
 _BY_REASON: dict[str, type["KeyrelayError"]] = {}
 _BY_CODE: dict[grpc.StatusCode, type["KeyrelayError"]] = {}

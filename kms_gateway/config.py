@@ -74,12 +74,12 @@ class GatewayConfig:
     listeners: dict[str, str] = field(default_factory=lambda: {"public": "127.0.0.1:7443"})
     zone_cidrs: dict[str, tuple[str, ...]] = field(default_factory=dict)
     shared_nodes: tuple[str, ...] = ("127.0.0.1:7101",)
-    operator_tenant: str = "operator"
     log_level: str = "info"
     shutdown_grace_seconds: float = 10.0
     metrics_listen: str = ""
     default_timeout_seconds: float = 10.0
     registry_cache_seconds: float = 30.0
+    registry_negative_cache_seconds: float = 2.0
     credential_cache_seconds: float = 5.0
     health_check_seconds: float = 2.0
     tls: ServerTlsConfig = field(default_factory=ServerTlsConfig)
@@ -121,7 +121,10 @@ class GatewayConfig:
         for key in ("default_timeout_seconds", "health_check_seconds"):
             if getattr(self, key) <= 0:
                 raise cfg.ConfigError(f"{key} must be above 0")
-        for key in ("registry_cache_seconds", "credential_cache_seconds", "shutdown_grace_seconds"):
+        for key in (
+            "registry_cache_seconds", "registry_negative_cache_seconds", "credential_cache_seconds",
+            "shutdown_grace_seconds",
+        ):
             if getattr(self, key) < 0:
                 raise cfg.ConfigError(f"{key} must be 0 or more")
         if self.rate_limit.requests_per_second < 0 or self.rate_limit.burst < 1:

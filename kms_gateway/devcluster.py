@@ -153,7 +153,7 @@ class DevCluster:
                 + self._tls_section(internal_cert=dedicated_cert)
                 + f'[private_endpoint]\nlisten = "127.0.0.1:{private_port}"\ncert = "{private_server[0]}"\n'
                 f'key = "{private_server[1]}"\nclient_ca = "{self.kms_ca}"\nregistry_nodes = [{registry}]\n'
-                "credential_cache_seconds = 1\n",
+                f'credential_cache_seconds = 1\naudit_path = "{self.root / f"{name}-private-audit.log"}"\n',
             )
             self._add(name, "node", config, dedicated_port, self.internal_ca, *self.gateway_client)
             self.dedicated_endpoints.append(f"127.0.0.1:{dedicated_port}")

@@ -12,6 +12,7 @@ import asyncio
 import logging
 
 from foundation.audit import AuditLog
+from foundation.call_guard import CallGuard
 from foundation.credential_check import CredentialVerifier
 from foundation.grpc_server import Health, add_reflection, bind_port, new_server
 from foundation.metrics import Metrics
@@ -20,8 +21,9 @@ from foundation.tls import channel_credentials, server_credentials
 from foundation.upstream import ReplicaSet
 from keyrelay.v1 import admin_pb2, admin_pb2_grpc, kms_pb2, kms_pb2_grpc
 from kms_gateway.config import GatewayConfig
-from kms_gateway.routing import KeyDirectory
-from kms_gateway.servicer import Gateway, GatewayAdminServicer, GatewayKmsServicer
+from kms_gateway.registry import Registry
+from kms_gateway.service import GatewayService
+from kms_gateway.servicer import GatewayAdminServicer, GatewayKmsServicer
 
 log = logging.getLogger(__name__)
 SERVICE_NAMES = [
@@ -40,7 +42,7 @@ class GatewayServer:
         self.metrics_port: int | None = None
         self._servers: list = []
         self._healths: list[Health] = []
-        self.gateway: Gateway | None = None
+        self.gateway: GatewayService | None = None
         self._shared: ReplicaSet | None = None
         self._audit: AuditLog | None = None
 
@@ -61,20 +63,21 @@ class GatewayServer:
         self._shared = self._replica_set("shared", config.shared_nodes)
         self._shared.start()
         self._audit = AuditLog(config.audit.path)
-        self.gateway = Gateway(
+        self.gateway = GatewayService(
+            guard=CallGuard(
+                verifier=CredentialVerifier(self._shared, ttl=config.credential_cache_seconds),
+                limiter=TokenBucketLimiter(config.rate_limit.requests_per_second, config.rate_limit.burst),
+                audit=self._audit,
+                zone_cidrs=dict(config.zone_cidrs),
+            ),
             shared=self._shared,
-            directory=KeyDirectory(
+            registry=Registry(
                 self._shared,
                 ttl=config.registry_cache_seconds,
-                operator_tenant=config.operator_tenant,
+                negative_ttl=config.registry_negative_cache_seconds,
                 on_lookup=lambda hit: self.metrics.cache_hit() if hit else self.metrics.cache_miss(),
             ),
-            verifier=CredentialVerifier(self._shared, ttl=config.credential_cache_seconds),
-            limiter=TokenBucketLimiter(config.rate_limit.requests_per_second, config.rate_limit.burst),
-            audit=self._audit,
             make_replica_set=self._replica_set,
-            zone_cidrs=dict(config.zone_cidrs),
-            operator_tenant=config.operator_tenant,
             default_timeout=config.default_timeout_seconds,
         )
         try:

@@ -1,10 +1,12 @@
 """The control plane of the shared KMS: dedicated instances, access points and the client
-certificates issued to them (seed 001, claims 1, 3 and 6). No gRPC here.
+certificates issued to them. No gRPC here.
 
-Every administrative call carries an `AdminScope`: a tenant's administrator sees only its own
-tenant (another tenant's objects are "not found", and creating for another tenant is refused);
-the operator tenant's administrators act on every tenant. `authenticate` is not administrative:
-the gateway and the private endpoints ask it which access point a client certificate belongs to.
+Every administrative call is made by a `Principal`: the calling access point, as this store holds
+it. What it may do is decided by `foundation.access_policy`: its roles; its tenant only (another
+tenant's objects are "not found", and acting for another tenant is refused) unless it is an
+operator; and only on access points within its own powers (`check_grant`, the non-escalation
+rule). `authenticate` and `resolve_instance` are not administrative: the gateway and the private
+endpoints ask them which access point a client certificate belongs to and who owns an instance.
 """
 
 from __future__ import annotations
@@ -15,13 +17,13 @@ import logging
 import re
 import time
 import uuid
-from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable, Sequence
 
+from foundation import access_policy as policy
 from foundation import pki
-from foundation.access_policy import ADMIN, INSTANCE_ID, ROLES, TENANT_ID, valid_zone
+from foundation.access_policy import ALL_ROLES, INSTANCE_ID, TENANT_ID, Principal, valid_zone
 from foundation.errors import (
     AccessPointNotFoundError,
     CredentialExpiredError,
@@ -33,7 +35,6 @@ from foundation.errors import (
     InstanceNotFoundError,
     InternalError,
     InvalidArgumentError,
-    PermissionDeniedError,
     UnauthenticatedError,
 )
 from foundation.store_workers import StoreWorkers
@@ -64,24 +65,19 @@ _ALIAS_PATTERN = re.compile(r"^alias/[A-Za-z0-9/_*-]{1,250}$")
 _KEY_ID_PATTERN = re.compile(r"^[0-9a-f*-]{1,36}$")
 
 
-@dataclass(frozen=True, slots=True)
-class AdminScope:
-    """Whom an administrative caller acts for: its own tenant, or every tenant (the operator)."""
-
-    tenant_id: str
-    all_tenants: bool = False
-
-    def sees(self, tenant_id: str) -> bool:
-        """Whether objects of `tenant_id` are visible to the caller."""
-        return self.all_tenants or tenant_id == self.tenant_id
-
-    def require(self, tenant_id: str) -> None:
-        """Refuse (PermissionDeniedError) acting for a tenant the caller does not administer."""
-        if not self.sees(tenant_id):
-            raise PermissionDeniedError(
-                f"your access point administers tenant {self.tenant_id!r}, not {tenant_id!r}; "
-                "use an administrator credential of that tenant or of the operator"
-            )
+def principal_of(access_point: AccessPoint, serial: str = "") -> Principal:
+    """The `Principal` an access point is when one of its credentials (`serial`) calls."""
+    return Principal(
+        tenant_id=access_point.tenant_id,
+        access_point_id=access_point.access_point_id,
+        name=access_point.name,
+        roles=frozenset(access_point.roles),
+        key_patterns=access_point.key_patterns,
+        allowed_zones=access_point.allowed_zones,
+        allowed_cidrs=access_point.allowed_cidrs,
+        operator=access_point.operator,
+        credential_serial=serial,
+    )
 
 
 # -- validation --------------------------------------------------------------------------------
@@ -169,7 +165,7 @@ class AdminService:
     """Instances, access points and credentials over an `AdminStore`.
 
     `ca` signs credentials; without it `issue_credential` fails (FAILED_PRECONDITION).
-    `operator_tenant` is the tenant whose administrators act on every tenant.
+    `operator_tenant` is the tenant of the bootstrap operator credential.
     """
 
     def __init__(
@@ -190,15 +186,25 @@ class AdminService:
         """Stop the worker threads (the store is closed by its owner)."""
         self._db.close()
 
-    def operator_scope(self) -> AdminScope:
-        """The scope of the operator tenant's administrators (every tenant)."""
-        return AdminScope(self.operator_tenant, all_tenants=True)
+    async def principal(self, access_point_id: str) -> Principal:
+        """The calling access point as this store holds it (CredentialRevokedError once deleted)."""
+        access_point = await self._db(self._store.get_access_point, access_point_id)
+        if access_point is None:
+            raise CredentialRevokedError(
+                f"access point {access_point_id[:80]!r} was deleted and its credentials revoked; use another credential"
+            )
+        return principal_of(access_point)
+
+    @staticmethod
+    def _authorize(principal: Principal, method: str) -> None:
+        # The gateway made this check with the network ones; repeated here, where the call lands.
+        policy.enforce(policy.check_role(principal, method))
 
     # -- instances --------------------------------------------------------------------------
 
     async def register_instance(
         self,
-        scope: AdminScope,
+        principal: Principal,
         instance_id: str,
         tenant_id: str,
         node_endpoints: Sequence[str],
@@ -207,13 +213,14 @@ class AdminService:
         management_zones: Sequence[str] = (),
         allow_public_crypto: bool = False,
     ) -> Instance:
-        """Register a dedicated instance of a tenant, its node replicas and network policy."""
+        """Register a dedicated instance of a tenant, its node replicas and network policy
+        (operators only: instance ids are global)."""
+        self._authorize(principal, "RegisterInstance")
         if not INSTANCE_ID.fullmatch(instance_id):
             raise InvalidArgumentError(
                 f"instance_id {instance_id[:80]!r} must be 1-63 of a-z 0-9 and '-', not starting or ending with '-'"
             )
         check_tenant(tenant_id)
-        scope.require(tenant_id)
         if not node_endpoints:
             raise InvalidArgumentError("node_endpoints is empty: give the host:port of at least one node replica")
         for endpoint in node_endpoints:
@@ -236,24 +243,33 @@ class AdminService:
         log.info("registered instance %s of tenant %s", instance_id, tenant_id)
         return instance
 
-    async def describe_instance(self, scope: AdminScope, instance_id: str) -> Instance:
-        """One instance the caller administers."""
+    async def resolve_instance(self, instance_id: str) -> Instance:
+        """Any registered instance, for the entry points (not an administrative call)."""
         instance = await self._db(self._store.get_instance, instance_id)
-        if instance is None or not scope.sees(instance.tenant_id):
+        if instance is None:
+            raise InstanceNotFoundError(f"no instance {instance_id[:80]!r} is registered")
+        return instance
+
+    async def describe_instance(self, principal: Principal, instance_id: str) -> Instance:
+        """One instance of a tenant the caller administers."""
+        self._authorize(principal, "DescribeInstance")
+        instance = await self._db(self._store.get_instance, instance_id)
+        if instance is None or not policy.sees(principal, instance.tenant_id):
             raise InstanceNotFoundError(f"no instance {instance_id[:80]!r} is registered for your tenant")
         return instance
 
     async def list_instances(
-        self, scope: AdminScope, page_size: int = 0, page_token: str = ""
+        self, principal: Principal, page_size: int = 0, page_token: str = ""
     ) -> tuple[list[Instance], str]:
         """One page of the instances the caller administers, by id, and the next page's token."""
+        self._authorize(principal, "ListInstances")
         size = clamp_page_size(page_size)
         after = None
         if page_token:
             (after,) = decode_page_token(page_token, 1)
             if not isinstance(after, str):
                 raise InvalidArgumentError("page_token is not one this service issued; start again without it")
-        tenant = None if scope.all_tenants else scope.tenant_id
+        tenant = None if principal.operator else principal.tenant_id
         instances = await self._db(self._store.list_instances, tenant, after, size + 1)
         if len(instances) <= size:
             return instances, ""
@@ -264,53 +280,84 @@ class AdminService:
 
     async def create_access_point(
         self,
-        scope: AdminScope,
+        principal: Principal,
         tenant_id: str,
         name: str,
-        role: str,
+        roles: Sequence[str],
         key_patterns: Sequence[str] = (),
         allowed_zones: Sequence[str] = (),
         allowed_cidrs: Sequence[str] = (),
+        *,
+        operator: bool = False,
     ) -> AccessPoint:
-        """Create an access point; `role` is one of `foundation.access_policy.ROLES`."""
+        """Create an access point with `roles` (of `foundation.access_policy.ROLES`, or `admin`
+        for all), if the caller covers it (`access_policy.check_grant`)."""
+        self._authorize(principal, "CreateAccessPoint")
+        access_point = self._new_access_point(
+            tenant_id, name, roles, key_patterns, allowed_zones, allowed_cidrs, operator=operator
+        )
+        policy.enforce(policy.check_grant(principal, access_point, action="create"))
+        await self._db(self._store.add_access_point, access_point)
+        log.info(
+            "created access point %s (%s, %s%s) of tenant %s for access point %s", access_point.access_point_id, name,
+            ",".join(policy.sorted_roles(access_point.roles)), ", operator" if operator else "", tenant_id,
+            principal.access_point_id,
+        )
+        return access_point
+
+    def _new_access_point(
+        self,
+        tenant_id: str,
+        name: str,
+        roles: Sequence[str],
+        key_patterns: Sequence[str],
+        allowed_zones: Sequence[str],
+        allowed_cidrs: Sequence[str],
+        *,
+        operator: bool,
+    ) -> AccessPoint:
         check_tenant(tenant_id)
-        scope.require(tenant_id)
         if not name or len(name) > MAX_NAME or not name.isprintable():
             raise InvalidArgumentError(f"name is required: 1-{MAX_NAME} printable characters")
-        if role not in ROLES:
-            raise InvalidArgumentError(f"role is required: one of {', '.join(ROLES)} (got {role or 'none'!r})")
+        role_set = policy.parse_roles(roles)
         for pattern in key_patterns:
             _check_key_pattern(pattern)
-        access_point = AccessPoint(
+        return AccessPoint(
             access_point_id=str(uuid.uuid4()),
             tenant_id=tenant_id,
             name=name,
-            role=role,
+            roles=role_set,
             key_patterns=_check_list(key_patterns, "key_patterns"),
             allowed_zones=_check_zones(allowed_zones, "allowed_zones"),
             allowed_cidrs=_check_cidrs(allowed_cidrs),
             create_time=self._clock(),
+            operator=operator,
         )
-        await self._db(self._store.add_access_point, access_point)
-        log.info("created access point %s (%s, %s) of tenant %s", access_point.access_point_id, name, role, tenant_id)
-        return access_point
 
-    def _visible_access_point(self, scope: AdminScope, access_point_id: str) -> AccessPoint:
+    def _visible_access_point(self, principal: Principal, access_point_id: str) -> AccessPoint:
         access_point = self._store.get_access_point(access_point_id)
-        if access_point is None or not scope.sees(access_point.tenant_id):
+        if access_point is None or not policy.sees(principal, access_point.tenant_id):
             raise AccessPointNotFoundError(f"no access point {access_point_id[:80]!r} exists in your tenant")
         return access_point
 
-    async def describe_access_point(self, scope: AdminScope, access_point_id: str) -> AccessPoint:
+    def _governed_access_point(self, principal: Principal, access_point_id: str, action: str) -> AccessPoint:
+        """An access point the caller sees and covers, for an action that changes it."""
+        access_point = self._visible_access_point(principal, access_point_id)
+        policy.enforce(policy.check_grant(principal, access_point, action=action))
+        return access_point
+
+    async def describe_access_point(self, principal: Principal, access_point_id: str) -> AccessPoint:
         """One access point the caller administers."""
-        return await self._db(self._visible_access_point, scope, access_point_id)
+        self._authorize(principal, "DescribeAccessPoint")
+        return await self._db(self._visible_access_point, principal, access_point_id)
 
     async def list_access_points(
-        self, scope: AdminScope, tenant_id: str, page_size: int = 0, page_token: str = ""
+        self, principal: Principal, tenant_id: str, page_size: int = 0, page_token: str = ""
     ) -> tuple[list[AccessPoint], str]:
         """One page of a tenant's access points, oldest first, and the next page's token."""
+        self._authorize(principal, "ListAccessPoints")
         check_tenant(tenant_id)
-        scope.require(tenant_id)
+        policy.enforce(policy.check_tenant(principal, tenant_id))
         size = clamp_page_size(page_size)
         after = None
         if page_token:
@@ -324,11 +371,12 @@ class AdminService:
         points = points[:size]
         return points, encode_page_token([points[-1].create_time, points[-1].access_point_id])
 
-    async def delete_access_point(self, scope: AdminScope, access_point_id: str) -> None:
-        """Delete an access point and revoke all its credentials at once."""
+    async def delete_access_point(self, principal: Principal, access_point_id: str) -> None:
+        """Delete an access point the caller covers and revoke all its credentials at once."""
+        self._authorize(principal, "DeleteAccessPoint")
 
         def delete() -> bool:
-            self._visible_access_point(scope, access_point_id)
+            self._governed_access_point(principal, access_point_id, "delete")
             return self._store.delete_access_point(access_point_id, self._clock())
 
         if not await self._db(delete):
@@ -338,21 +386,26 @@ class AdminService:
     # -- credentials ------------------------------------------------------------------------
 
     async def issue_credential(
-        self, scope: AdminScope, access_point_id: str, csr_pem: bytes | str, validity_days: int = 0
+        self, principal: Principal, access_point_id: str, csr_pem: bytes | str, validity_days: int = 0
     ) -> tuple[Credential, bytes, bytes]:
-        """Sign a client's CSR as a credential of the access point.
+        """Sign a client's CSR as a credential of an access point the caller covers.
 
         Returns (credential record, certificate PEM, CA certificate PEM).
         """
+        self._authorize(principal, "IssueCredential")
         days = _validity_days(validity_days)
         if self._ca is None:
             raise FailedPreconditionError("this KMS has no CA configured (ca.cert, ca.key)")
-        access_point = await self.describe_access_point(scope, access_point_id)
+        access_point = await self._db(self._governed_access_point, principal, access_point_id, "issue a credential to")
+        return await self._issue(access_point, csr_pem, days)
+
+    async def _issue(self, access_point: AccessPoint, csr_pem: bytes | str, days: int) -> tuple[Credential, bytes, bytes]:
+        access_point_id = access_point.access_point_id
         now = self._clock()
         certificate = await self._db(
             lambda: self._ca.sign_csr(
                 _pem(csr_pem),
-                common_name=f"ap:{access_point.access_point_id}",
+                common_name=f"ap:{access_point_id}",
                 organization=access_point.tenant_id,
                 validity_days=days,
                 not_before=datetime.fromtimestamp(now - CLOCK_SKEW_SECONDS, timezone.utc),
@@ -360,7 +413,7 @@ class AdminService:
         )
         credential = Credential(
             serial=pki.serial_hex(certificate),
-            access_point_id=access_point.access_point_id,
+            access_point_id=access_point_id,
             fingerprint_sha256=pki.fingerprint_sha256(certificate),
             not_before=certificate.not_valid_before_utc.timestamp(),
             not_after=certificate.not_valid_after_utc.timestamp(),
@@ -379,27 +432,30 @@ class AdminService:
         log.info("issued credential %s to access point %s", credential.serial, access_point_id)
         return credential, pki.certificate_pem(certificate), self._ca.certificate_pem
 
-    async def list_credentials(self, scope: AdminScope, access_point_id: str) -> list[Credential]:
+    async def list_credentials(self, principal: Principal, access_point_id: str) -> list[Credential]:
         """Every credential of an access point, revoked and expired ones too."""
+        self._authorize(principal, "ListCredentials")
 
         def read() -> list[Credential]:
-            self._visible_access_point(scope, access_point_id)
+            self._visible_access_point(principal, access_point_id)
             return self._store.list_credentials(access_point_id)
 
         return await self._db(read)
 
-    async def revoke_credential(self, scope: AdminScope, serial: str) -> Credential:
-        """Revoke a credential; revoking it again keeps the first revoke_time."""
+    async def revoke_credential(self, principal: Principal, serial: str) -> Credential:
+        """Revoke a credential of an access point the caller covers; revoking it again keeps the
+        first revoke_time."""
+        self._authorize(principal, "RevokeCredential")
         serial = serial.lower()
 
         def revoke() -> Credential | None:
             credential = self._store.get_credential(serial)
             if credential is None:
                 return None
-            if not scope.all_tenants:
-                access_point = self._store.get_access_point(credential.access_point_id)
-                if access_point is None or access_point.tenant_id != scope.tenant_id:
-                    return None
+            try:
+                self._governed_access_point(principal, credential.access_point_id, "revoke a credential of")
+            except AccessPointNotFoundError:
+                return None
             return self._store.revoke_credential(serial, self._clock())
 
         credential = await self._db(revoke)
@@ -442,22 +498,23 @@ class AdminService:
     # -- first start ------------------------------------------------------------------------
 
     async def bootstrap_admin(self, directory: str | Path) -> Path | None:
-        """At first start, create the operator's `bootstrap-admin` access point (role admin, every
-        key, any network) and write a credential for it to `directory` (bootstrap-admin.crt,
-        bootstrap-admin.key (0600), ca.crt). Returns `directory`, or None when the access point
-        already has a credential (nothing is written then)."""
-        scope = self.operator_scope()
+        """At first start, create the operator's `bootstrap-admin` access point (every role, an
+        operator, every key, any network) and write a credential for it to `directory`
+        (bootstrap-admin.crt, bootstrap-admin.key (0600), ca.crt). Returns `directory`, or None
+        when the access point already has a credential (nothing is written then)."""
         access_point = await self._db(self._store.find_access_point, self.operator_tenant, BOOTSTRAP_NAME)
-        if access_point is not None and await self.list_credentials(scope, access_point.access_point_id):
+        if access_point is not None and await self._db(self._store.list_credentials, access_point.access_point_id):
             return None
         if self._ca is None:
             raise FailedPreconditionError("this KMS has no CA configured (ca.cert, ca.key)")
         if access_point is None:
-            access_point = await self.create_access_point(scope, self.operator_tenant, BOOTSTRAP_NAME, ADMIN, ["*"])
+            # The key ceremony: the one access point no other creates, so no policy check applies.
+            access_point = self._new_access_point(
+                self.operator_tenant, BOOTSTRAP_NAME, sorted(ALL_ROLES), ["*"], (), (), operator=True
+            )
+            await self._db(self._store.add_access_point, access_point)
         key_pem, csr_pem = pki.make_key_and_csr(common_name=f"ap:{access_point.access_point_id}")
-        _, cert_pem, ca_pem = await self.issue_credential(
-            scope, access_point.access_point_id, csr_pem, BOOTSTRAP_VALIDITY_DAYS
-        )
+        _, cert_pem, ca_pem = await self._issue(access_point, csr_pem, BOOTSTRAP_VALIDITY_DAYS)
         await self._db(pki.write_credential, directory, BOOTSTRAP_NAME, cert_pem, key_pem, ca_pem)
         log.info("wrote the bootstrap administrator credential to %s", directory)
         return Path(directory)

@@ -1,8 +1,8 @@
 """`keyrelay.v1.AdminService` on the shared node: protobuf in, `AdminService` call, protobuf out.
 
-The node serves it on its internal port to the gateway only. The gateway names the caller's
-tenant in the metadata `keyrelay-tenant` and, for the operator tenant, adds
-`keyrelay-admin-scope: all`; a call without a tenant is refused.
+The node serves it on its internal port to the gateway only. The gateway names the calling access
+point in the metadata `keyrelay-access-point`; the service loads it from its own store and
+authorizes the call against it. A call without one is refused.
 """
 
 from __future__ import annotations
@@ -11,16 +11,15 @@ from typing import Generic, TypeVar
 
 import grpc
 
-from foundation.access_policy import ROLES, role_enum_name
-from foundation.errors import NodeNotReadyError, PermissionDeniedError
+from foundation.access_policy import ADMIN, ALL_ROLES, ROLES, Principal, role_enum_name, sorted_roles
+from foundation.errors import InvalidArgumentError, NodeNotReadyError, PermissionDeniedError
 from foundation.proto_time import timestamp
+from foundation.wire import ACCESS_POINT_METADATA_KEY
 from keyrelay.v1 import admin_pb2, admin_pb2_grpc
-from kms_node.admin import AdminScope, AdminService, check_tenant
+from kms_node.admin import AdminService
 from kms_node.store.admin_base import AccessPoint, Credential, Instance
 
-TENANT_METADATA_KEY = "keyrelay-tenant"
-ADMIN_SCOPE_METADATA_KEY = "keyrelay-admin-scope"
-ROLE_TO_PB = {role: admin_pb2.AccessPointRole.Value(role_enum_name(role)) for role in ROLES}
+ROLE_TO_PB = {role: admin_pb2.AccessPointRole.Value(role_enum_name(role)) for role in (*ROLES, ADMIN)}
 ROLE_FROM_PB = {value: role for role, value in ROLE_TO_PB.items()}
 
 S = TypeVar("S")
@@ -40,18 +39,39 @@ def instance_pb(instance: Instance) -> admin_pb2.Instance:
     )
 
 
+def _single_role(roles: frozenset[str]) -> int:
+    if roles == ALL_ROLES:
+        return ROLE_TO_PB[ADMIN]
+    if len(roles) == 1:
+        return ROLE_TO_PB[next(iter(roles))]
+    return admin_pb2.ACCESS_POINT_ROLE_UNSPECIFIED
+
+
 def access_point_pb(access_point: AccessPoint) -> admin_pb2.AccessPoint:
     """The protobuf form of an access point."""
     return admin_pb2.AccessPoint(
         access_point_id=access_point.access_point_id,
         tenant_id=access_point.tenant_id,
         name=access_point.name,
-        role=ROLE_TO_PB.get(access_point.role, admin_pb2.ACCESS_POINT_ROLE_UNSPECIFIED),
+        role=_single_role(access_point.roles),
+        roles=[ROLE_TO_PB[role] for role in sorted_roles(access_point.roles)],
+        operator=access_point.operator,
         key_patterns=list(access_point.key_patterns),
         allowed_zones=list(access_point.allowed_zones),
         allowed_cidrs=list(access_point.allowed_cidrs),
         create_time=timestamp(access_point.create_time),
     )
+
+
+def requested_roles(request: admin_pb2.CreateAccessPointRequest) -> list[str]:
+    """The role names a CreateAccessPoint request asks for (`roles`, else `role`)."""
+    values = list(request.roles) or ([request.role] if request.role else [])
+    names = []
+    for value in values:
+        if value not in ROLE_FROM_PB:
+            raise InvalidArgumentError(f"role {value} is not a role: use one of {', '.join(ROLES)} or {ADMIN}")
+        names.append(ROLE_FROM_PB[value])
+    return names
 
 
 def credential_pb(credential: Credential) -> admin_pb2.Credential:
@@ -69,21 +89,15 @@ def credential_pb(credential: Credential) -> admin_pb2.Credential:
     return message
 
 
-def admin_scope(context: grpc.aio.ServicerContext) -> AdminScope:
-    """The caller's scope from the gateway's metadata; PermissionDeniedError without a tenant."""
-    tenant, scope = "", ""
+def calling_access_point(context: grpc.aio.ServicerContext) -> str:
+    """The calling access point's id from the gateway's metadata; PermissionDeniedError without one."""
     for key, value in context.invocation_metadata() or ():
-        if key == TENANT_METADATA_KEY:
-            tenant = value
-        elif key == ADMIN_SCOPE_METADATA_KEY:
-            scope = value
-    if not tenant:
-        raise PermissionDeniedError(
-            "administration reaches the shared KMS only through the gateway, which names the caller's tenant "
-            f"({TENANT_METADATA_KEY}); send the request to the gateway"
-        )
-    check_tenant(tenant)
-    return AdminScope(tenant, all_tenants=scope == "all")
+        if key == ACCESS_POINT_METADATA_KEY and value:
+            return value
+    raise PermissionDeniedError(
+        "administration reaches the shared KMS only through the gateway, which names the calling access point "
+        f"({ACCESS_POINT_METADATA_KEY}); send the request to the gateway"
+    )
 
 
 class Attachable(Generic[S]):
@@ -107,9 +121,12 @@ class Attachable(Generic[S]):
 class AdminServicer(Attachable[AdminService], admin_pb2_grpc.AdminServiceServicer):
     """Adapts gRPC calls to the node's `AdminService`."""
 
+    async def _principal(self, context: grpc.aio.ServicerContext) -> Principal:
+        return await self.service.principal(calling_access_point(context))
+
     async def RegisterInstance(self, request, context):
         instance = await self.service.register_instance(
-            admin_scope(context),
+            await self._principal(context),
             request.instance_id,
             request.tenant_id,
             list(request.node_endpoints),
@@ -120,44 +137,47 @@ class AdminServicer(Attachable[AdminService], admin_pb2_grpc.AdminServiceService
         return admin_pb2.RegisterInstanceResponse(instance=instance_pb(instance))
 
     async def DescribeInstance(self, request, context):
-        instance = await self.service.describe_instance(admin_scope(context), request.instance_id)
+        instance = await self.service.describe_instance(await self._principal(context), request.instance_id)
         return admin_pb2.DescribeInstanceResponse(instance=instance_pb(instance))
 
     async def ListInstances(self, request, context):
-        instances, token = await self.service.list_instances(admin_scope(context), request.page_size, request.page_token)
+        instances, token = await self.service.list_instances(
+            await self._principal(context), request.page_size, request.page_token
+        )
         return admin_pb2.ListInstancesResponse(instances=[instance_pb(i) for i in instances], next_page_token=token)
 
     async def CreateAccessPoint(self, request, context):
         access_point = await self.service.create_access_point(
-            admin_scope(context),
+            await self._principal(context),
             request.tenant_id,
             request.name,
-            ROLE_FROM_PB.get(request.role, ""),
+            requested_roles(request),
             list(request.key_patterns),
             list(request.allowed_zones),
             list(request.allowed_cidrs),
+            operator=request.operator,
         )
         return admin_pb2.CreateAccessPointResponse(access_point=access_point_pb(access_point))
 
     async def DescribeAccessPoint(self, request, context):
-        access_point = await self.service.describe_access_point(admin_scope(context), request.access_point_id)
+        access_point = await self.service.describe_access_point(await self._principal(context), request.access_point_id)
         return admin_pb2.DescribeAccessPointResponse(access_point=access_point_pb(access_point))
 
     async def ListAccessPoints(self, request, context):
         points, token = await self.service.list_access_points(
-            admin_scope(context), request.tenant_id, request.page_size, request.page_token
+            await self._principal(context), request.tenant_id, request.page_size, request.page_token
         )
         return admin_pb2.ListAccessPointsResponse(
             access_points=[access_point_pb(p) for p in points], next_page_token=token
         )
 
     async def DeleteAccessPoint(self, request, context):
-        await self.service.delete_access_point(admin_scope(context), request.access_point_id)
+        await self.service.delete_access_point(await self._principal(context), request.access_point_id)
         return admin_pb2.DeleteAccessPointResponse()
 
     async def IssueCredential(self, request, context):
         credential, cert_pem, ca_pem = await self.service.issue_credential(
-            admin_scope(context),
+            await self._principal(context),
             request.access_point_id,
             request.certificate_signing_request_pem.encode(),
             request.validity_days,
@@ -167,9 +187,9 @@ class AdminServicer(Attachable[AdminService], admin_pb2_grpc.AdminServiceService
         )
 
     async def ListCredentials(self, request, context):
-        credentials = await self.service.list_credentials(admin_scope(context), request.access_point_id)
+        credentials = await self.service.list_credentials(await self._principal(context), request.access_point_id)
         return admin_pb2.ListCredentialsResponse(credentials=[credential_pb(c) for c in credentials])
 
     async def RevokeCredential(self, request, context):
-        credential = await self.service.revoke_credential(admin_scope(context), request.serial)
+        credential = await self.service.revoke_credential(await self._principal(context), request.serial)
         return admin_pb2.RevokeCredentialResponse(credential=credential_pb(credential))

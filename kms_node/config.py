@@ -79,6 +79,11 @@ class PrivateEndpointConfig:
     zone: str = "private"
     registry_nodes: tuple[str, ...] = ()
     credential_cache_seconds: float = 5.0
+    #: The hash-chained audit log of the endpoint's requests (one JSON line each, as the gateway's).
+    audit_path: str = "keyrelay-private-audit.log"
+    #: Per-tenant token bucket, as the gateway's `rate_limit`; 0 turns it off.
+    requests_per_second: float = 1000.0
+    burst: int = 2000
 
 
 @dataclass(frozen=True)
@@ -174,6 +179,12 @@ class NodeConfig:
                 raise cfg.ConfigError("private_endpoint needs tls: the node checks credentials over mutual TLS")
             if private.credential_cache_seconds < 0:
                 raise cfg.ConfigError("private_endpoint.credential_cache_seconds must be 0 or more")
+            if not private.audit_path:
+                raise cfg.ConfigError("private_endpoint.audit_path is empty: name the audit log file")
+            if private.requests_per_second < 0 or private.burst < 1:
+                raise cfg.ConfigError(
+                    "private_endpoint.requests_per_second must be >= 0 (0: off) and private_endpoint.burst >= 1"
+                )
         if ca.cert or ca.key:
             if self.mode != "shared":
                 raise cfg.ConfigError("ca is for the shared KMS node, which issues credentials; remove it here")
@@ -207,7 +218,7 @@ def load_node_config(
         ),
         store=replace(config.store, path=cfg.resolve_path(path, config.store.path)),
         tls=cfg.resolve_paths(path, config.tls, "cert", "key", "client_ca"),
-        private_endpoint=cfg.resolve_paths(path, config.private_endpoint, "cert", "key", "client_ca"),
+        private_endpoint=cfg.resolve_paths(path, config.private_endpoint, "cert", "key", "client_ca", "audit_path"),
         ca=cfg.resolve_paths(path, config.ca, "cert", "key", "bootstrap_dir"),
     )
     config.validate()

@@ -1,46 +1,35 @@
-"""A dedicated instance's private endpoint (claim 2): the tenant's cryptography, served by the node itself.
+"""A dedicated instance's private endpoint: the tenant's cryptography, served by the node itself.
 
-Clients connect over TLS with an access-point credential issued by the KMS CA. Each request's
-certificate is checked with the shared KMS (`CredentialVerifier`, cached for a few seconds), then
-the access point's networks, role and key patterns are applied as at the gateway, and the call
-runs as the access point's tenant. Key management belongs to the gateway, which keeps the shared
-registry in step; here it is refused.
+Clients connect over TLS with an access-point credential issued by the KMS CA. Every request goes
+through the same `CallGuard` as at the gateway: the certificate is checked with the shared KMS
+(cached for a few seconds), `foundation.access_policy` decides (the caller's networks, that its
+tenant owns this instance, that the method is one served here, its roles), the tenant's rate limit
+is charged, each key the request names is resolved here and checked against the caller's key
+patterns, and one hash-chained audit record is written to the endpoint's own audit log. The call
+then runs on the keys as resolved, as the access point's tenant. Key management belongs to the
+gateway, which keeps the shared registry in step; here it is refused.
 """
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import grpc
 
 from foundation import access_policy as policy
-from foundation import blob_formats as blobs
-from foundation.credential_check import CredentialVerifier
-from foundation.errors import NodeNotReadyError, PermissionDeniedError
-from foundation.logsetup import request_id_var
-from foundation.tls import peer_certificate, peer_ip
-from keyrelay.v1 import kms_pb2, kms_pb2_grpc
+from foundation.batches import dispatch_batch
+from foundation.call_guard import Call, CallGuard, check_batch_keys
+from foundation.errors import KeyrelayError, NodeNotReadyError
+from foundation.key_refs import BATCH_METHODS, key_refs, with_key_ids
+from foundation.upstream import ReplicaSet
+from keyrelay.v1 import kms_pb2, kms_pb2_grpc, registry_pb2
 from kms_node.service import Caller
 from kms_node.servicer import KeyManagementServicer, caller_tenant_var
 
-_SERVED_READS = frozenset({"DescribeKey", "ListKeys"})
-
-
-def _key_refs(method: str, request: Any) -> list[str]:
-    """The key references a request names (ids, aliases, or the key ids inside its ciphertexts)."""
-    if method in ("Decrypt",):
-        return [blobs.peek_key_id(request.ciphertext_blob), *([request.key_id] if request.key_id else [])]
-    if method == "ReEncrypt":
-        return [blobs.peek_key_id(request.ciphertext_blob), request.destination_key_id]
-    if method == "OpenPublicKey":
-        return [blobs.peek_key_id(request.sealed.wrapped_dek)]
-    if method == "BatchDecrypt":
-        return [blobs.peek_key_id(item.ciphertext_blob) for item in request.items]
-    if method == "BatchGenerateDataKey":
-        return [item.key_id for item in request.items]
-    if method in ("GenerateRandom", "ListKeys"):
-        return []
-    return [request.key_id]
+_RESOLVE_INSTANCE = "/keyrelay.v1.AccessRegistryService/ResolveInstance"
+#: How long the instance's owner, once learned from the shared KMS, is trusted.
+OWNER_CACHE_SECONDS = 300.0
 
 
 class PrivateEndpointServicer(kms_pb2_grpc.KeyManagementServiceServicer):
@@ -48,42 +37,79 @@ class PrivateEndpointServicer(kms_pb2_grpc.KeyManagementServiceServicer):
 
     def __init__(self, inner: KeyManagementServicer, *, zone: str, instance_id: str) -> None:
         self._inner = inner
-        self._verifier: CredentialVerifier | None = None
+        self._guard: CallGuard | None = None
+        self._registry: ReplicaSet | None = None
         self._zone = zone
         self._instance_id = instance_id
+        self._owner: tuple[str, float] | None = None
 
-    def attach(self, verifier: CredentialVerifier) -> None:
-        """Start answering calls, checking credentials with `verifier` (until then: node not ready)."""
-        self._verifier = verifier
+    def attach(self, guard: CallGuard, registry: ReplicaSet) -> None:
+        """Start answering calls through `guard`, asking `registry` (the shared KMS) who owns the
+        instance (until then: node not ready)."""
+        self._registry = registry
+        self._guard = guard
+
+    def guard_settings(self) -> dict[str, Any]:
+        """The instance-specific arguments of this endpoint's `CallGuard`."""
+        return {"instance_id": self._instance_id, "instance_tenant": self._instance_tenant, "route": "local"}
+
+    async def _instance_tenant(self, call: Call) -> str:
+        """The tenant that owns this instance, as the shared KMS registered it (cached)."""
+        cached = self._owner
+        if cached is not None and cached[1] > time.monotonic():
+            return cached[0]
+        reply = await self._registry.call(
+            _RESOLVE_INSTANCE,
+            registry_pb2.ResolveInstanceRequest(instance_id=self._instance_id),
+            registry_pb2.ResolveInstanceResponse,
+            metadata=[("x-request-id", call.request_id)],
+            timeout=call.remaining(5.0),
+            idempotent=True,
+        )
+        self._owner = (reply.instance.tenant_id, time.monotonic() + OWNER_CACHE_SECONDS)
+        return reply.instance.tenant_id
 
     async def _serve(self, method: str, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        if self._verifier is None:
+        if self._guard is None:
             raise NodeNotReadyError("the node is starting; retry shortly")
-        principal = await self._verifier.principal(peer_certificate(context), [("x-request-id", request_id_var.get())])
-        policy.check_network(principal, self._zone, peer_ip(context))
-        if method in policy.MANAGEMENT_METHODS - _SERVED_READS:
-            raise PermissionDeniedError(
-                f"{method} is key management: send it through the gateway. The private endpoint of instance "
-                f"{self._instance_id!r} serves cryptography and key reads"
-            )
-        policy.check_role(principal, method)
-        caller = Caller(principal.tenant_id)
-        seen: set[str] = set()
-        for ref in _key_refs(method, request):
-            if ref in seen or not ref:
-                continue
-            seen.add(ref)
-            record = await self._inner.service.describe_key(caller, ref)
-            policy.check_key(principal, record.key_id, record.aliases, shown_as=ref)
-        token = caller_tenant_var.set(principal.tenant_id)
+        return await self._guard.serve(
+            self._zone, method, request, context, lambda call, req: self._handle(call, method, req, context)
+        )
+
+    async def _resolve(self, call: Call, ref: str):
+        return await self._inner.service.describe_key(Caller(call.tenant), ref)
+
+    async def _handle(self, call: Call, method: str, request: Any, context) -> Any:
+        refs = key_refs(method, request)
+        if method in BATCH_METHODS:
+            check_batch_keys(refs)
+        resolved = await self._guard.resolve_refs(call, refs, self._resolve)
+        key_ids = resolved.key_ids
+        inner = getattr(self._inner, method)
+        token = caller_tenant_var.set(call.tenant)
         try:
-            response = await getattr(self._inner, method)(request, context)
+            if method in BATCH_METHODS:
+                # Items refused here get their error; the rest run on this node.
+                targets = [_error_or(resolved.of(ref), "local") for ref in refs]
+                return await dispatch_batch(
+                    method, request, targets, lambda _, part: inner(with_key_ids(part, key_refs(method, part), key_ids), context)
+                )
+            resolved.require(refs)
+            response = await inner(with_key_ids(request, refs, key_ids), context)
         finally:
             caller_tenant_var.reset(token)
+        version = getattr(response, "key_version", 0)
+        if version:
+            call.key_version = version
         if method == "ListKeys":
-            visible = [k for k in response.keys if policy.key_matches(principal.key_patterns, k.key_id, k.aliases)]
+            keys = call.principal.key_patterns
+            visible = [k for k in response.keys if policy.key_matches(keys, k.key_id, k.aliases)]
             response = kms_pb2.ListKeysResponse(keys=visible, next_page_token=response.next_page_token)
         return response
+
+
+def _error_or(found, target: str):
+    return found if isinstance(found, KeyrelayError) else target
 
 
 def _delegate(name: str):

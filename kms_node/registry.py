@@ -111,7 +111,8 @@ class KeyRegistry:
 
     async def reserve(self, tenant_id: str, instance_id: str, alias: str, request_id: str) -> KeyRecord:
         """Reserve a new key id (state CREATING) and its alias on a dedicated instance of the
-        tenant. Idempotent on `request_id`: a retry returns the same reservation."""
+        tenant. Idempotent on the tenant's `request_id`: a retry with the same instance and alias
+        returns the same reservation; another instance or alias is refused (InvalidArgumentError)."""
         _check_tenant(tenant_id)
         if not 1 <= len(request_id) <= MAX_REQUEST_ID:
             raise InvalidArgumentError(f"request_id must be 1-{MAX_REQUEST_ID} characters (got {len(request_id)})")
@@ -140,9 +141,12 @@ class KeyRegistry:
             reserved = await self._db(self._reserve_blocking, record, alias, request_id)
         except AliasTaken:
             raise AliasExistsError(f"alias {alias!r} is taken in tenant {tenant_id!r}; choose another") from None
-        except RequestIdTaken:
+        except RequestIdTaken as taken:
+            earlier = taken.args[0]
             raise InvalidArgumentError(
-                f"request_id {request_id[:80]!r} was used by another tenant's reservation; use a fresh one"
+                f"request_id {request_id[:80]!r} reserved key {earlier.key_id} on instance {earlier.instance_id!r} "
+                f"with alias {earlier.alias or '(none)'!r}; a retry must name the same instance and alias: use a fresh "
+                "request id for another key"
             ) from None
         except KeyIdTaken:  # a UUID collision: practically never
             raise KeyExistsError(f"key id {record.key_id} is taken; retry") from None

@@ -1,6 +1,7 @@
 """`keyrelay.v1.KeyRegistryService` and `keyrelay.v1.AccessRegistryService` on the shared node:
 protobuf in, `KeyRegistry` / `AdminService` call, protobuf out. Internal services: the node
-serves them on its internal port to the gateway (and, for credential checks, to dedicated nodes).
+serves them on its internal port to the gateway (and, for credential checks and instance owners,
+to dedicated nodes).
 """
 
 from __future__ import annotations
@@ -8,7 +9,7 @@ from __future__ import annotations
 from foundation.proto_time import timestamp
 from keyrelay.v1 import kms_pb2, registry_pb2, registry_pb2_grpc
 from kms_node.admin import AdminService
-from kms_node.admin_servicer import Attachable, access_point_pb, credential_pb
+from kms_node.admin_servicer import Attachable, access_point_pb, credential_pb, instance_pb
 from kms_node.registry import KeyRegistry
 from kms_node.store.base import KeyRecord
 
@@ -63,7 +64,11 @@ class KeyRegistryServicer(Attachable[KeyRegistry], registry_pb2_grpc.KeyRegistry
 
 
 class AccessRegistryServicer(Attachable[AdminService], registry_pb2_grpc.AccessRegistryServiceServicer):
-    """Adapts credential checks to `AdminService.authenticate`."""
+    """Adapts the entry points' lookups to `AdminService.authenticate` and `resolve_instance`."""
+
+    async def ResolveInstance(self, request, context):
+        instance = await self.service.resolve_instance(request.instance_id)
+        return registry_pb2.ResolveInstanceResponse(instance=instance_pb(instance))
 
     async def AuthenticateCredential(self, request, context):
         credential, access_point = await self.service.authenticate(request.serial, request.fingerprint_sha256)

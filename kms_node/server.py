@@ -16,11 +16,14 @@ from __future__ import annotations
 import asyncio
 import logging
 
+from foundation.audit import AuditLog
+from foundation.call_guard import CallGuard
 from foundation.config import Secret
 from foundation.credential_check import CredentialVerifier
 from foundation.grpc_server import Health, add_reflection, bind_port, new_server
 from foundation.metrics import Metrics
 from foundation.pki import CertificateAuthority
+from foundation.ratelimit import TokenBucketLimiter
 from foundation.tls import channel_credentials, server_credentials
 from foundation.upstream import ReplicaSet
 from keyrelay.v1 import admin_pb2, admin_pb2_grpc, kms_pb2, kms_pb2_grpc, registry_pb2, registry_pb2_grpc
@@ -90,6 +93,7 @@ class NodeServer:
         self._sweeper: asyncio.Task | None = None
         self._registry: KeyRegistry | None = None
         self._admin: AdminService | None = None
+        self._private_audit: AuditLog | None = None
 
     async def start(self) -> int:
         """Bind, log in to the HSM, and serve; returns the bound port.
@@ -159,7 +163,9 @@ class NodeServer:
         """The shared KMS's registry, admin service and credential checks (and the bootstrap admin)."""
         ca_config = self.config.ca
         ca = CertificateAuthority.load(ca_config.cert, ca_config.key) if ca_config.cert else None
-        self.admin_store = await loop.run_in_executor(None, SqlAdminStore, self.config.store.location)
+        self.admin_store = await loop.run_in_executor(
+            None, lambda: SqlAdminStore(self.config.store.location, operator_tenant=ca_config.operator_tenant)
+        )
         self._admin = AdminService(self.admin_store, ca, operator_tenant=ca_config.operator_tenant)
         if ca_config.bootstrap_dir:
             await self._admin.bootstrap_admin(ca_config.bootstrap_dir)
@@ -174,7 +180,14 @@ class NodeServer:
             "shared", private.registry_nodes, channel_credentials(tls.client_ca, tls.cert, tls.key)
         )
         self._registry_nodes.start()
-        self._private_servicer.attach(CredentialVerifier(self._registry_nodes, ttl=private.credential_cache_seconds))
+        self._private_audit = AuditLog(private.audit_path)
+        guard = CallGuard(
+            verifier=CredentialVerifier(self._registry_nodes, ttl=private.credential_cache_seconds),
+            limiter=TokenBucketLimiter(private.requests_per_second, private.burst),
+            audit=self._private_audit,
+            **self._private_servicer.guard_settings(),
+        )
+        self._private_servicer.attach(guard, self._registry_nodes)
 
     async def _sweep_deletions(self) -> None:
         while True:
@@ -202,6 +215,8 @@ class NodeServer:
         await self.metrics.stop_http()
         if self._registry_nodes is not None:
             await self._registry_nodes.close()
+        if self._private_audit is not None:
+            self._private_audit.close()
         if self.service is not None:
             self.service.close()
         if self.pool is not None:

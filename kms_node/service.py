@@ -43,6 +43,7 @@ from foundation.errors import (
     SealedRecordMismatchError,
 )
 from foundation.store_workers import StoreWorkers
+from foundation.wire import MAX_BATCH_ITEMS
 from kms_node.hsm.backend import HsmAuthenticationFailed, HsmBackend, HsmSession, KeyVersionRef
 from kms_node.store.base import (
     AliasTaken,
@@ -57,7 +58,6 @@ from kms_node.store.base import (
 log = logging.getLogger(__name__)
 
 MAX_PLAINTEXT_BYTES = 4096
-MAX_BATCH_ITEMS = 1000
 DATA_KEY_SIZES = (16, 32, 64)
 MAX_RANDOM_BYTES = 1024
 MAX_BUNDLE_BYTES = 16384

@@ -13,13 +13,14 @@ import contextvars
 import grpc
 
 from foundation.access_policy import TENANT_ID
-from foundation.errors import InvalidArgumentError, KeyrelayError, NodeNotReadyError
+from foundation.batches import item_error
+from foundation.errors import InvalidArgumentError, NodeNotReadyError
 from foundation.proto_time import timestamp
-from keyrelay.v1 import errors_pb2, kms_pb2, kms_pb2_grpc
+from foundation.wire import TENANT_METADATA_KEY
+from keyrelay.v1 import kms_pb2, kms_pb2_grpc
 from kms_node.service import Caller, CryptoResult, KeyService, SealedRecord
 from kms_node.store.base import KeyRecord
 
-TENANT_METADATA_KEY = "keyrelay-tenant"
 #: Set by the private endpoint to the tenant of the authenticated access point; it wins over metadata.
 caller_tenant_var: contextvars.ContextVar[str] = contextvars.ContextVar("caller_tenant", default="")
 DEFAULT_TENANT = "default"
@@ -50,10 +51,6 @@ def key_metadata(record: KeyRecord) -> kms_pb2.KeyMetadata:
     if record.deletion_time is not None:
         meta.deletion_time.CopyFrom(timestamp(record.deletion_time))
     return meta
-
-
-def _item_error(exc: KeyrelayError) -> errors_pb2.ItemError:
-    return errors_pb2.ItemError(code=exc.code.value[0], reason=exc.reason, message=exc.message)
 
 
 class KeyManagementServicer(kms_pb2_grpc.KeyManagementServiceServicer):
@@ -214,7 +211,7 @@ class KeyManagementServicer(kms_pb2_grpc.KeyManagementServiceServicer):
                     )
                 )
             else:
-                results.append(kms_pb2.BatchDecryptResult(error=_item_error(outcome)))
+                results.append(kms_pb2.BatchDecryptResult(error=item_error(outcome)))
         return kms_pb2.BatchDecryptResponse(results=results)
 
     async def BatchGenerateDataKey(self, request, context):
@@ -234,7 +231,7 @@ class KeyManagementServicer(kms_pb2_grpc.KeyManagementServiceServicer):
                     )
                 )
             else:
-                results.append(kms_pb2.BatchGenerateDataKeyResult(error=_item_error(outcome)))
+                results.append(kms_pb2.BatchGenerateDataKeyResult(error=item_error(outcome)))
         return kms_pb2.BatchGenerateDataKeyResponse(results=results)
 
     async def GenerateRandom(self, request, context):

@@ -46,8 +46,9 @@ _COLUMNS: dict[type, tuple[tuple[str, str | Callable[[Any], Any]], ...]] = {
         ("ACCESS POINT", "access_point_id"),
         ("TENANT", "tenant_id"),
         ("NAME", "name"),
-        ("ROLE", "role"),
+        ("ROLES", "roles"),
         ("KEYS", "key_patterns"),
+        ("OPERATOR", "operator"),
         ("CREATED", "create_time"),
     ),
     Credential: (
@@ -223,14 +224,24 @@ def _register_access_point(commands, common) -> None:
         "keyrelay access-point list --tenant acme",
     )
     p = _command(
-        sub, common, "create", "create an access point: a role, the keys it may use and where it may come from",
+        sub, common, "create",
+        "create an access point: its roles, the keys it may use and where it may come from (all within your own)",
         "keyrelay access-point create orders-app --tenant acme --role crypto-user "
         "--key 'alias/orders-*' --cidr 10.0.0.0/8",
-        lambda admin, a: admin.create_access_point(a.tenant, a.name, a.role, a.keys, a.zones, a.cidrs),
+        lambda admin, a: admin.create_access_point(
+            a.tenant, a.name, a.roles, a.keys, a.zones, a.cidrs, operator=a.operator
+        ),
     )
     p.add_argument("name", metavar="NAME", help="a name for people and audit logs")
     p.add_argument("--tenant", required=True, help="tenant the access point acts for")
-    p.add_argument("--role", required=True, choices=tuple(ROLES), help="what its credentials may do")
+    p.add_argument(
+        "--role", dest="roles", action="append", required=True, choices=tuple(ROLES),
+        help="what its credentials may do; repeatable ('admin': all four roles)",
+    )
+    p.add_argument(
+        "--operator", action="store_true",
+        help="make it an operator: it administers every tenant (only an operator may)",
+    )
     p.add_argument(
         "--key", dest="keys", action="append", default=[], metavar="PATTERN",
         help="key id or alias it may use, '*' a wildcard (e.g. 'alias/app-*'); repeatable (none: no key)",

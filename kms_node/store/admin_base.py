@@ -27,16 +27,18 @@ class Instance:
 
 @dataclass(frozen=True, slots=True)
 class AccessPoint:
-    """An identity of a tenant's application: role (`foundation.access_policy.ROLES`), keys, networks."""
+    """An identity of a tenant's application: roles (of `foundation.access_policy.ROLES`), keys,
+    networks, and whether it is an operator (acts on every tenant)."""
 
     access_point_id: str
     tenant_id: str
     name: str
-    role: str
+    roles: frozenset[str]
     key_patterns: tuple[str, ...]
     allowed_zones: tuple[str, ...]
     allowed_cidrs: tuple[str, ...]
     create_time: float
+    operator: bool = False
 
 
 @dataclass(frozen=True, slots=True)

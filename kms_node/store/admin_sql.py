@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 
+from foundation.access_policy import TENANT_ID, sorted_roles
+from foundation.database import open_database
 from kms_node.store.admin_base import (
     AccessPoint,
     AccessPointMissing,
@@ -15,7 +17,6 @@ from kms_node.store.admin_base import (
     InstanceIdTaken,
     SerialTaken,
 )
-from foundation.database import open_database
 from kms_node.store.sql_errors import run_write
 
 # Each entry migrates the schema from version i to i + 1; append, never edit. Written for SQLite;
@@ -54,10 +55,32 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX credentials_by_access_point ON credentials (access_point_id, not_before, serial);
     """,
+    # 2: a set of roles and the operator property. An administrator had every power (it could mint
+    # itself any role), so it becomes the holder of every role; the operator tenant's
+    # administrators acted for every tenant, so they become operators ({operator_tenant} is
+    # filled in by `migrations`).
+    """
+    ALTER TABLE access_points ADD COLUMN roles TEXT NOT NULL DEFAULT '[]';
+    ALTER TABLE access_points ADD COLUMN operator INTEGER NOT NULL DEFAULT 0;
+    UPDATE access_points SET operator = 1 WHERE role = 'admin' AND tenant_id = '{operator_tenant}';
+    UPDATE access_points SET roles = '["key-admin", "access-admin", "crypto-user", "messaging-user"]' WHERE role = 'admin';
+    UPDATE access_points SET roles = '["crypto-user"]' WHERE role = 'crypto-user';
+    UPDATE access_points SET roles = '["messaging-user"]' WHERE role = 'messaging-user';
+    """,
 )
 
+
+def migrations(operator_tenant: str) -> tuple[str, ...]:
+    """The migrations, for a shared KMS whose operator tenant is `operator_tenant`."""
+    if not TENANT_ID.fullmatch(operator_tenant):
+        raise ValueError(f"operator tenant {operator_tenant[:70]!r} is not a tenant id")
+    return tuple(script.replace("{operator_tenant}", operator_tenant) for script in MIGRATIONS)
+
+
 _INSTANCE = "instance_id, tenant_id, node_endpoints, private_endpoint, management_zones, allow_public_crypto, create_time"
-_ACCESS_POINT = "access_point_id, tenant_id, name, role, key_patterns, allowed_zones, allowed_cidrs, create_time"
+_ACCESS_POINT = (
+    "access_point_id, tenant_id, name, role, key_patterns, allowed_zones, allowed_cidrs, create_time, roles, operator"
+)
 _CREDENTIAL = "serial, access_point_id, fingerprint, not_before, not_after, revoked, revoke_time"
 
 
@@ -78,11 +101,12 @@ def _access_point(row: tuple) -> AccessPoint:
         access_point_id=row[0],
         tenant_id=row[1],
         name=row[2],
-        role=row[3],
+        roles=frozenset(json.loads(row[8])),
         key_patterns=tuple(json.loads(row[4])),
         allowed_zones=tuple(json.loads(row[5])),
         allowed_cidrs=tuple(json.loads(row[6])),
         create_time=row[7],
+        operator=bool(row[9]),
     )
 
 
@@ -102,8 +126,10 @@ class SqlAdminStore:
     """An `AdminStore` in SQLite (a file path) or PostgreSQL (a `postgresql://` DSN), typically the
     key store's database."""
 
-    def __init__(self, location: str) -> None:
-        self._db = open_database(location, MIGRATIONS, "admin_schema_version", what="control-plane store")
+    def __init__(self, location: str, *, operator_tenant: str = "operator") -> None:
+        self._db = open_database(
+            location, migrations(operator_tenant), "admin_schema_version", what="control-plane store"
+        )
         #: Where the store is, fit for messages (a DSN's password is masked).
         self.location = self._db.path
 
@@ -148,13 +174,16 @@ class SqlAdminStore:
     # -- access points --------------------------------------------------------------------
 
     def add_access_point(self, access_point: AccessPoint) -> AccessPoint:
+        roles = list(sorted_roles(access_point.roles))
+
         def insert(conn) -> AccessPoint:
             conn.execute(
-                f"INSERT INTO access_points ({_ACCESS_POINT}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                f"INSERT INTO access_points ({_ACCESS_POINT}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
-                    access_point.access_point_id, access_point.tenant_id, access_point.name, access_point.role,
+                    access_point.access_point_id, access_point.tenant_id, access_point.name, ",".join(roles),
                     json.dumps(list(access_point.key_patterns)), json.dumps(list(access_point.allowed_zones)),
-                    json.dumps(list(access_point.allowed_cidrs)), access_point.create_time,
+                    json.dumps(list(access_point.allowed_cidrs)), access_point.create_time, json.dumps(roles),
+                    int(access_point.operator),
                 ),
             )
             return access_point

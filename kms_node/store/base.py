@@ -80,16 +80,20 @@ class KeyIdTaken(Exception):
 
 
 class RequestIdTaken(Exception):
-    """A reservation with this request id exists for another tenant."""
+    """The tenant used this request id for a reservation on another instance or alias (the
+    `Reservation` is the argument)."""
 
 
 @dataclass(frozen=True, slots=True)
 class Reservation:
-    """A registry reservation: the request id a gateway chose and the key it reserved."""
+    """A registry reservation: the request id a gateway chose (unique within the tenant), the
+    key it reserved, and the instance and alias ('' for none) it was made for."""
 
     request_id: str
     tenant_id: str
     key_id: str
+    instance_id: str = ""
+    alias: str = ""
 
 
 class KeyStore(Protocol):
@@ -135,14 +139,16 @@ class KeyStore(Protocol):
         """
 
     def reserve_key(self, record: KeyRecord, alias: str | None, request_id: str) -> KeyRecord:
-        """Insert a registry record (and alias) under a request id, idempotently: if the request
-        id already reserved a key of the same tenant that still exists, return that key instead.
+        """Insert a registry record (and alias) under the tenant's request id, idempotently: if the
+        request id already reserved a key of the tenant on the same instance with the same alias
+        that still exists, return that key instead.
 
-        Raises AliasTaken, KeyIdTaken, or RequestIdTaken (the id is another tenant's).
+        Raises AliasTaken, KeyIdTaken, or RequestIdTaken (the tenant used the request id for
+        another instance or alias).
         """
 
-    def find_reservation(self, request_id: str) -> Reservation | None:
-        """The reservation made under a request id, or None."""
+    def find_reservation(self, tenant_id: str, request_id: str) -> Reservation | None:
+        """The reservation a tenant made under a request id, or None."""
 
     def close(self) -> None:
         """Release connections."""

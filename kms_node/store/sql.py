@@ -74,6 +74,23 @@ MIGRATIONS: tuple[str, ...] = (
         key_id TEXT NOT NULL
     );
     """,
+    # 3: reservations are per tenant (no tenant learns of another's request ids) and remember the
+    # instance and alias they were made for, so a request id cannot reserve for two of them.
+    """
+    CREATE TABLE tenant_reservations (
+        tenant_id TEXT NOT NULL,
+        request_id TEXT NOT NULL,
+        key_id TEXT NOT NULL,
+        instance_id TEXT NOT NULL,
+        alias TEXT NOT NULL DEFAULT '',
+        PRIMARY KEY (tenant_id, request_id)
+    );
+    INSERT INTO tenant_reservations (tenant_id, request_id, key_id, instance_id, alias)
+        SELECT r.tenant_id, r.request_id, r.key_id, COALESCE(k.instance_id, ''),
+               COALESCE((SELECT MIN(a.alias) FROM aliases a WHERE a.key_id = r.key_id), '')
+        FROM reservations r LEFT JOIN keys k ON k.key_id = r.key_id;
+    DROP TABLE reservations;
+    """,
 )
 
 #: How often a read outside a transaction is tried again when a key changed while it was read,
@@ -198,11 +215,12 @@ class SqlKeyStore:
             )
         ]
 
-    def find_reservation(self, request_id: str) -> Reservation | None:
+    def find_reservation(self, tenant_id: str, request_id: str) -> Reservation | None:
         row = self._db.conn().execute(
-            "SELECT tenant_id, key_id FROM reservations WHERE request_id = ?", (request_id,)
+            "SELECT key_id, instance_id, alias FROM tenant_reservations WHERE tenant_id = ? AND request_id = ?",
+            (tenant_id, request_id),
         ).fetchone()
-        return Reservation(request_id, row[0], row[1]) if row else None
+        return Reservation(request_id, tenant_id, row[0], row[1], row[2]) if row else None
 
     # -- writes ---------------------------------------------------------------------------
 
@@ -299,22 +317,28 @@ class SqlKeyStore:
         return self._write(replace, aliases=lambda: AliasTaken(", ".join(wanted)))
 
     def reserve_key(self, record: KeyRecord, alias: str | None, request_id: str) -> KeyRecord:
+        tenant = record.tenant_id
+
         def reserve(conn) -> KeyRecord:
             row = conn.execute(
-                "SELECT tenant_id, key_id FROM reservations WHERE request_id = ?", (request_id,)
+                "SELECT key_id, instance_id, alias FROM tenant_reservations WHERE tenant_id = ? AND request_id = ?",
+                (tenant, request_id),
             ).fetchone()
             if row is not None:
-                if row[0] != record.tenant_id:
-                    raise RequestIdTaken(request_id)
-                existing = self._fetch(conn, row[1])
+                existing = self._fetch(conn, row[0])
                 if existing is not None:
+                    if (row[1], row[2]) != (record.instance_id, alias or ""):
+                        raise RequestIdTaken(Reservation(request_id, tenant, row[0], row[1], row[2]))
                     return existing
                 # The reserved key was aborted or deleted since: this request reserves afresh.
-                conn.execute("DELETE FROM reservations WHERE request_id = ?", (request_id,))
+                conn.execute(
+                    "DELETE FROM tenant_reservations WHERE tenant_id = ? AND request_id = ?", (tenant, request_id)
+                )
             created = self._insert(conn, record, alias)
             conn.execute(
-                "INSERT INTO reservations (request_id, tenant_id, key_id) VALUES (?, ?, ?)",
-                (request_id, record.tenant_id, record.key_id),
+                "INSERT INTO tenant_reservations (tenant_id, request_id, key_id, instance_id, alias) "
+                "VALUES (?, ?, ?, ?, ?)",
+                (tenant, request_id, record.key_id, record.instance_id, alias or ""),
             )
             return created
 

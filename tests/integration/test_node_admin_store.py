@@ -7,6 +7,8 @@ import threading
 
 import pytest
 
+from foundation.access_policy import ALL_ROLES
+from foundation.database import open_database
 from kms_node.store.admin_base import (
     AccessPoint,
     AccessPointMissing,
@@ -16,7 +18,7 @@ from kms_node.store.admin_base import (
     InstanceIdTaken,
     SerialTaken,
 )
-from kms_node.store.admin_sql import SqlAdminStore
+from kms_node.store.admin_sql import MIGRATIONS, SqlAdminStore
 from kms_node.store.sql import SqlKeyStore
 from node_store_helpers import raw_sql, record, table_names
 
@@ -49,7 +51,7 @@ def instance(instance_id: str = "acme-prod", tenant: str = "acme", **changes) ->
 
 def access_point(ap_id: str = "ap-1", tenant: str = "acme", name: str = "app", create_time: float = 1.0) -> AccessPoint:
     return AccessPoint(
-        access_point_id=ap_id, tenant_id=tenant, name=name, role="crypto-user", key_patterns=("alias/app-*",),
+        access_point_id=ap_id, tenant_id=tenant, name=name, roles=frozenset({"crypto-user"}), key_patterns=("alias/app-*",),
         allowed_zones=("vpc",), allowed_cidrs=("10.0.0.0/8",), create_time=create_time,
     )
 
@@ -67,18 +69,48 @@ def test_admin_store_shares_the_key_stores_database(location, store):
     """The control plane lives in the key store's database with its own schema-version table."""
     keys = SqlKeyStore(location)
     try:
-        assert (keys.schema_version(), store.schema_version()) == (2, 1)
+        assert (keys.schema_version(), store.schema_version()) == (3, 2)
         assert {"keys", "schema_version", "admin_schema_version", "instances", "access_points", "credentials"} <= (
             table_names(location)
         )
         again = SqlAdminStore(location)
-        assert again.schema_version() == 1
+        assert again.schema_version() == 2
         again.close()
         keys.create_key(record(), "alias/k")  # both work side by side
         store.add_instance(instance())
         assert keys.resolve_alias("acme", "alias/k") and store.get_instance("acme-prod")
     finally:
         keys.close()
+
+
+def test_migration_gives_admins_every_role_and_the_operator_tenants_admins_the_operator_property(location):
+    """Access points of the first schema (one role each) keep what they could do: an `admin`
+    could mint itself any role, so it holds all four; the operator tenant's admins acted for
+    every tenant, so they are operators; nobody else is."""
+    old = open_database(location, MIGRATIONS[:1], "admin_schema_version")
+    rows = [("ap-boot", "root", "admin"), ("ap-ops", "root", "crypto-user"), ("ap-acme", "acme", "admin"),
+            ("ap-app", "acme", "crypto-user"), ("ap-msg", "acme", "messaging-user")]
+    old.write(lambda conn: [
+        conn.execute(
+            "INSERT INTO access_points (access_point_id, tenant_id, name, role, key_patterns, create_time) "
+            "VALUES (?, ?, ?, ?, '[\"*\"]', 1.0)",
+            (ap_id, tenant, ap_id, role),
+        ) for ap_id, tenant, role in rows
+    ])
+    old.close()
+    store = SqlAdminStore(location, operator_tenant="root")
+    try:
+        migrated = {ap_id: store.get_access_point(ap_id) for ap_id, _, _ in rows}
+        assert {k: (v.roles, v.operator) for k, v in migrated.items()} == {
+            "ap-boot": (ALL_ROLES, True),
+            "ap-ops": (frozenset({"crypto-user"}), False),
+            "ap-acme": (ALL_ROLES, False),
+            "ap-app": (frozenset({"crypto-user"}), False),
+            "ap-msg": (frozenset({"messaging-user"}), False),
+        }
+        assert migrated["ap-boot"].key_patterns == ("*",)
+    finally:
+        store.close()
 
 
 def test_admin_store_refuses_a_newer_schema(location, store):

@@ -39,10 +39,11 @@ def store(location):
 
 def test_migration_creates_latest_schema(store, location):
     """A new database gets every table at the latest schema version."""
-    assert len(MIGRATIONS) == 2
-    assert store.schema_version() == 2
-    assert {"keys", "key_versions", "aliases", "reservations", "schema_version"} <= table_names(location)
-    assert raw_sql(location, "SELECT version FROM schema_version") == [(2,)]
+    assert len(MIGRATIONS) == 3
+    assert store.schema_version() == 3
+    assert {"keys", "key_versions", "aliases", "tenant_reservations", "schema_version"} <= table_names(location)
+    assert "reservations" not in table_names(location)
+    assert raw_sql(location, "SELECT version FROM schema_version") == [(3,)]
     assert "update_time" in column_names(location, "keys")
 
 
@@ -66,12 +67,37 @@ def test_migration_from_version_1_keeps_keys(location):
 
     store = SqlKeyStore(location)
     try:
-        assert store.schema_version() == 2
+        assert store.schema_version() == 3
         migrated = store.get_key(key_id)
         assert (migrated.description, migrated.revision, migrated.aliases) == ("old", 3, ("alias/old",))
         assert migrated.versions == (VersionRecord(1, 123.5, b"wrapped"),)
         assert migrated.update_time == 123.5
-        assert store.find_reservation("anything") is None
+        assert store.find_reservation("acme", "anything") is None
+    finally:
+        store.close()
+
+
+def test_migration_from_version_2_keeps_reservations_per_tenant(location):
+    """Version-2 reservations (one request id space for every tenant) move to per-tenant ones
+    that remember their key's instance and alias, so a retry of them still finds its key."""
+    old = open_database(location, MIGRATIONS[:2], "schema_version")
+    key_id = str(uuid.uuid4())
+    old.write(lambda conn: (
+        conn.execute(
+            "INSERT INTO keys (key_id, tenant_id, description, tags, state, instance_id, key_spec, primary_version, "
+            "min_decryption_version, create_time, deletion_time, revision, update_time) "
+            "VALUES (?, 'acme', '', '{}', 'CREATING', 'ded-1', 'AES_256', 0, 0, 5.0, NULL, 1, 5.0)",
+            (key_id,),
+        ),
+        conn.execute("INSERT INTO aliases VALUES ('acme', 'alias/ded', ?)", (key_id,)),
+        conn.execute("INSERT INTO reservations VALUES ('req-old', 'acme', ?)", (key_id,)),
+    ))
+    old.close()
+    store = SqlKeyStore(location)
+    try:
+        assert store.find_reservation("acme", "req-old") == Reservation("req-old", "acme", key_id, "ded-1", "alias/ded")
+        assert store.reserve_key(registry_record(), "alias/ded", "req-old").key_id == key_id
+        assert store.find_reservation("globex", "req-old") is None
     finally:
         store.close()
 
@@ -81,7 +107,7 @@ def test_reopening_is_idempotent_and_keeps_data(store, location):
     created = store.create_key(record(), "alias/a")
     again = SqlKeyStore(location)
     try:
-        assert again.schema_version() == 2
+        assert again.schema_version() == len(MIGRATIONS)
         assert again.get_key(created.key_id) == created
         assert raw_sql(location, "SELECT COUNT(*) FROM schema_version") == [(1,)]
     finally:
@@ -431,17 +457,22 @@ def test_replace_aliases_refuses_taken_alias_and_stale_revision(store):
 
 
 def test_reserve_key_is_idempotent_per_request_id(store):
-    """The same request id and tenant get the first reservation back, even with another record;
-    the reservation is findable; another tenant cannot reuse the request id."""
+    """The same request id, tenant, instance and alias get the first reservation back; the
+    reservation is findable; another instance or alias under that request id is refused, and
+    another tenant's request ids are its own."""
     first = store.reserve_key(registry_record(), "alias/ded", "req-1")
     assert first.state == KeyState.CREATING and first.aliases == ("alias/ded",)
     assert first.versions == () and first.primary_version == 0
-    again = store.reserve_key(registry_record(), "alias/other", "req-1")
+    again = store.reserve_key(registry_record(), "alias/ded", "req-1")
     assert again == store.get_key(first.key_id)
+    assert store.find_reservation("acme", "req-1") == Reservation("req-1", "acme", first.key_id, "ded-1", "alias/ded")
+    for instance, alias in (("ded-2", "alias/ded"), ("ded-1", "alias/other"), ("ded-1", None)):
+        with pytest.raises(RequestIdTaken) as taken:
+            store.reserve_key(registry_record(instance=instance), alias, "req-1")
+        assert taken.value.args[0] == Reservation("req-1", "acme", first.key_id, "ded-1", "alias/ded")
     assert store.resolve_alias("acme", "alias/other") is None
-    assert store.find_reservation("req-1") == Reservation("req-1", "acme", first.key_id)
-    with pytest.raises(RequestIdTaken):
-        store.reserve_key(registry_record(tenant="globex"), None, "req-1")
+    theirs = store.reserve_key(registry_record(tenant="globex"), None, "req-1")
+    assert theirs.key_id != first.key_id and store.find_reservation("globex", "req-1").key_id == theirs.key_id
 
 
 def test_reserve_key_after_the_key_is_gone_reserves_afresh(store):
@@ -450,7 +481,7 @@ def test_reserve_key_after_the_key_is_gone_reserves_afresh(store):
     assert store.delete_key(first.key_id, first.revision)
     second = store.reserve_key(registry_record(), "alias/ded", "req-2")
     assert second.key_id != first.key_id
-    assert store.find_reservation("req-2").key_id == second.key_id
+    assert store.find_reservation("acme", "req-2").key_id == second.key_id
 
 
 def test_reserve_key_alias_conflicts_across_shared_and_dedicated(store):
@@ -458,7 +489,7 @@ def test_reserve_key_alias_conflicts_across_shared_and_dedicated(store):
     store.create_key(record(), "alias/taken")
     with pytest.raises(AliasTaken):
         store.reserve_key(registry_record(), "alias/taken", "req-3")
-    assert store.find_reservation("req-3") is None
+    assert store.find_reservation("acme", "req-3") is None
 
 
 def test_registry_records_are_listed_once_committed(store):

@@ -140,7 +140,7 @@ def test_racing_reservations_under_one_request_id_reserve_once(replicas):
     results = race([lambda s=(a, b)[n % 2]: s.reserve_key(registry_record(), "alias/ded", "req-1") for n in range(THREADS)])
     assert not [r for r in results if isinstance(r, Exception)], results
     assert len({r.key_id for r in results}) == 1
-    assert a.find_reservation("req-1").key_id == results[0].key_id
+    assert a.find_reservation("acme", "req-1").key_id == results[0].key_id
     assert a.resolve_alias("acme", "alias/ded") == results[0].key_id
 
 
@@ -187,10 +187,10 @@ def test_migrations_run_once_when_replicas_start_together(database_location):
                   [lambda: SqlAdminStore(database_location) for _ in range(4)])
     try:
         assert not [s for s in opened if isinstance(s, Exception)], opened
-        assert {s.schema_version() for s in opened[:4]} == {2}
-        assert {s.schema_version() for s in opened[4:]} == {1}
-        assert raw_sql(database_location, "SELECT version FROM schema_version") == [(2,)]
-        assert raw_sql(database_location, "SELECT version FROM admin_schema_version") == [(1,)]
+        assert {s.schema_version() for s in opened[:4]} == {3}
+        assert {s.schema_version() for s in opened[4:]} == {2}
+        assert raw_sql(database_location, "SELECT version FROM schema_version") == [(3,)]
+        assert raw_sql(database_location, "SELECT version FROM admin_schema_version") == [(2,)]
         key = opened[0].create_key(record(), "alias/after")
         assert opened[3].get_key(key.key_id) == key
     finally:

@@ -13,6 +13,7 @@ import pytest
 from cryptography import x509
 
 from foundation import pki
+from foundation.access_policy import ALL_ROLES
 from foundation.errors import REASON_METADATA_KEY
 from foundation.grpc_server import new_server
 from keyrelay.v1 import admin_pb2, admin_pb2_grpc, kms_pb2, registry_pb2, registry_pb2_grpc
@@ -20,13 +21,15 @@ from kms_node.admin import AdminService
 from kms_node.admin_servicer import AdminServicer
 from kms_node.registry import KeyRegistry
 from kms_node.registry_servicer import AccessRegistryServicer, KeyRegistryServicer
+from kms_node.store.admin_base import AccessPoint
 from kms_node.store.admin_sql import SqlAdminStore
 from kms_node.store.base import KeyRecord, KeyState, VersionRecord
 from kms_node.store.sql import SqlKeyStore
 
-OPERATOR = (("keyrelay-tenant", "operator"), ("keyrelay-admin-scope", "all"))
-ACME = (("keyrelay-tenant", "acme"),)
-GLOBEX = (("keyrelay-tenant", "globex"),)
+# The calling access points, as the gateway names them (`keyrelay-access-point`); `serving` puts
+# them in the store: an operator, and an administrator (every role, every key) of acme and globex.
+CALLERS = {"ap-operator": ("operator", True), "ap-acme": ("acme", False), "ap-globex": ("globex", False)}
+OPERATOR, ACME, GLOBEX = ((("keyrelay-access-point", ap_id),) for ap_id in CALLERS)
 
 
 class Node:
@@ -63,6 +66,9 @@ def ca(tmp_path_factory):
 async def serving(path: str, ca, *, ready: bool = True):
     """A started Node on a fresh store file, stopped and closed afterwards."""
     keys, admin_store = SqlKeyStore(path), SqlAdminStore(path)
+    for ap_id, (tenant, operator) in CALLERS.items():
+        if admin_store.get_access_point(ap_id) is None:
+            admin_store.add_access_point(AccessPoint(ap_id, tenant, ap_id, ALL_ROLES, ("*",), (), (), 1.0, operator))
     served = Node(keys, admin_store, ca, ready=ready)
     await served.server.start()
     try:
@@ -219,11 +225,15 @@ async def test_instances_on_the_wire(node):
                  grpc.StatusCode.NOT_FOUND, "INSTANCE_NOT_FOUND")
     await expect(node.stub.ListInstances(admin_pb2.ListInstancesRequest(page_token="bad!"), metadata=ACME),
                  grpc.StatusCode.INVALID_ARGUMENT, "INVALID_ARGUMENT", "page_token")
-    request = admin_pb2.RegisterInstanceRequest(instance_id="g", tenant_id="globex", node_endpoints=["h:1"])
-    await expect(node.stub.RegisterInstance(request, metadata=ACME), grpc.StatusCode.PERMISSION_DENIED,
-                 "PERMISSION_DENIED", "globex")
+    for tenant in ("globex", "acme"):
+        request = admin_pb2.RegisterInstanceRequest(instance_id="g", tenant_id=tenant, node_endpoints=["h:1"])
+        await expect(node.stub.RegisterInstance(request, metadata=ACME), grpc.StatusCode.PERMISSION_DENIED,
+                     "PERMISSION_DENIED", "operators only")
     await expect(node.stub.ListInstances(admin_pb2.ListInstancesRequest()), grpc.StatusCode.PERMISSION_DENIED,
-                 "PERMISSION_DENIED", "keyrelay-tenant")
+                 "PERMISSION_DENIED", "keyrelay-access-point")
+    gone = (("keyrelay-access-point", "ap-deleted"),)
+    await expect(node.stub.ListInstances(admin_pb2.ListInstancesRequest(), metadata=gone),
+                 grpc.StatusCode.UNAUTHENTICATED, "CREDENTIAL_REVOKED", "deleted")
     everything = await node.stub.ListInstances(admin_pb2.ListInstancesRequest(), metadata=OPERATOR)
     assert len(everything.instances) == 2
 
@@ -236,11 +246,12 @@ async def test_access_points_and_credentials_on_the_wire(node, ca):
         allowed_zones=["internal"], allowed_cidrs=["10.0.0.0/8"],
     )
     point = (await node.stub.CreateAccessPoint(create, metadata=ACME)).access_point
-    assert (point.role, list(point.key_patterns), list(point.allowed_cidrs)) == (
-        admin_pb2.ACCESS_POINT_ROLE_CRYPTO_USER, ["alias/app-*"], ["10.0.0.0/8"]
+    assert (point.role, list(point.roles), list(point.key_patterns), list(point.allowed_cidrs), point.operator) == (
+        admin_pb2.ACCESS_POINT_ROLE_CRYPTO_USER, [admin_pb2.ACCESS_POINT_ROLE_CRYPTO_USER], ["alias/app-*"],
+        ["10.0.0.0/8"], False,
     )
     listed = await node.stub.ListAccessPoints(admin_pb2.ListAccessPointsRequest(tenant_id="acme"), metadata=ACME)
-    assert list(listed.access_points) == [point]
+    assert list(listed.access_points)[1:] == [point]
 
     key_pem, csr_pem = pki.make_key_and_csr()
     issue = admin_pb2.IssueCredentialRequest(

@@ -29,13 +29,15 @@ from foundation.errors import (
     PermissionDeniedError,
     UnauthenticatedError,
 )
-from kms_node.admin import AdminScope, AdminService
+from foundation.access_policy import ALL_ROLES, Principal
+from kms_node.admin import AdminService
 from kms_node.store.admin_sql import SqlAdminStore
 
 DAY = 86400.0
-ACME = AdminScope("acme")
-GLOBEX = AdminScope("globex")
-OPERATOR = AdminScope("operator", all_tenants=True)
+# Callers: a tenant's administrators with every role and key, and an operator.
+ACME = Principal("acme", "ap-acme", "acme-admin", ALL_ROLES, ("*",))
+GLOBEX = Principal("globex", "ap-globex", "globex-admin", ALL_ROLES, ("*",))
+OPERATOR = Principal("operator", "ap-operator", "bootstrap-admin", ALL_ROLES, ("*",), operator=True)
 
 
 @pytest.fixture
@@ -74,7 +76,7 @@ def csr() -> bytes:
 
 @pytest.fixture
 async def point(admin):
-    return await admin.create_access_point(ACME, "acme", "app", "crypto-user", ["alias/app-*"])
+    return await admin.create_access_point(ACME, "acme", "app", ["crypto-user"], ["alias/app-*"])
 
 
 async def certificate_of(admin, point, csr, days=0):
@@ -88,7 +90,7 @@ async def certificate_of(admin, point, csr, days=0):
 async def test_register_describe_and_list_instances(admin):
     """A registered instance comes back as given; listing pages in id order per scope."""
     instance = await admin.register_instance(
-        ACME, "acme-ded", "acme", ["10.0.0.1:7101", "node-2.example:7101", "[::1]:7101"], "10.0.0.9:7201",
+        OPERATOR, "acme-ded", "acme", ["10.0.0.1:7101", "node-2.example:7101", "[::1]:7101"], "10.0.0.9:7201",
         management_zones=["internal"], allow_public_crypto=True,
     )
     assert instance.node_endpoints == ("10.0.0.1:7101", "node-2.example:7101", "[::1]:7101")
@@ -111,8 +113,8 @@ async def test_register_describe_and_list_instances(admin):
 
 async def test_register_instance_errors(admin):
     """Bad ids, tenants, endpoints and zones are INVALID_ARGUMENT; a taken id INSTANCE_EXISTS;
-    another tenant's registration PERMISSION_DENIED."""
-    await admin.register_instance(ACME, "taken", "acme", ["h:1"])
+    a registration by anyone but an operator key-admin PERMISSION_DENIED."""
+    await admin.register_instance(OPERATOR, "taken", "acme", ["h:1"])
     with pytest.raises(InstanceExistsError):
         await admin.register_instance(OPERATOR, "taken", "globex", ["h:1"])
     bad = [
@@ -129,8 +131,13 @@ async def test_register_instance_errors(admin):
         zones = args.pop("management_zones", ())
         with pytest.raises(InvalidArgumentError):
             await admin.register_instance(OPERATOR, **args, management_zones=zones)
-    with pytest.raises(PermissionDeniedError, match="globex"):
-        await admin.register_instance(ACME, "fresh", "globex", ["h:1"])
+    for caller in (ACME, GLOBEX):  # even for its own tenant: instance ids are global
+        with pytest.raises(PermissionDeniedError, match="operators only"):
+            await admin.register_instance(caller, "fresh", caller.tenant_id, ["h:1"], allow_public_crypto=True)
+    no_key_admin = Principal("operator", "ap-2", "op-access", frozenset({"access-admin"}), ("*",), operator=True)
+    with pytest.raises(PermissionDeniedError, match="key-admin"):
+        await admin.register_instance(no_key_admin, "fresh", "acme", ["h:1"])
+    assert (await admin.list_instances(OPERATOR))[0][0].instance_id == "taken"
 
 
 async def test_instances_of_other_tenants_are_not_found(admin):
@@ -159,14 +166,15 @@ async def test_bad_page_tokens(admin, token):
 async def test_create_access_point(admin, point):
     """An access point records its role, patterns, zones and normalised CIDRs."""
     full = await admin.create_access_point(
-        ACME, "acme", "ops", "admin", ["*", "alias/a", "3f2c*", "0b7e8a62-6c41-4a43-9d7b-4c8e2b1f0a11"],
+        ACME, "acme", "ops", ["admin"], ["*", "alias/a", "3f2c*", "0b7e8a62-6c41-4a43-9d7b-4c8e2b1f0a11"],
         ["internal", "internal"], ["10.1.2.3/8", "2001:db8::1/32"],
     )
     assert full.allowed_cidrs == ("10.0.0.0/8", "2001:db8::/32")
     assert full.allowed_zones == ("internal",)
     assert await admin.describe_access_point(ACME, full.access_point_id) == full
-    assert (point.role, point.key_patterns, point.allowed_zones, point.allowed_cidrs) == (
-        "crypto-user", ("alias/app-*",), (), ()
+    assert full.roles == ALL_ROLES and not full.operator
+    assert (point.roles, point.key_patterns, point.allowed_zones, point.allowed_cidrs) == (
+        frozenset({"crypto-user"}), ("alias/app-*",), (), ()
     )
 
 
@@ -174,18 +182,19 @@ async def test_create_access_point_errors(admin):
     """Missing tenant, name or role, malformed patterns, zones or CIDRs: INVALID_ARGUMENT;
     another tenant: PERMISSION_DENIED."""
     bad = [
-        dict(tenant_id=""), dict(name=""), dict(name="x" * 129), dict(role=""), dict(role="root"),
+        dict(tenant_id=""), dict(name=""), dict(name="x" * 129), dict(roles=[]), dict(roles=["root"]),
+        dict(roles=[""]),
         dict(key_patterns=["key-1"]), dict(key_patterns=["alias/"]), dict(key_patterns=["ALIAS/x"]),
         dict(key_patterns=[""]), dict(key_patterns=["0B7E8A62-6C41-4A43-9D7B-4C8E2B1F0A11"]),
         dict(allowed_zones=["bad zone"]), dict(allowed_cidrs=["10.0.0.0/33"]), dict(allowed_cidrs=["nope"]),
     ]
     for changes in bad:
-        args = dict(tenant_id="acme", name="n", role="admin")
+        args = dict(tenant_id="acme", name="n", roles=["admin"])
         args.update(changes)
         with pytest.raises(InvalidArgumentError):
             await admin.create_access_point(ACME, **args)
     with pytest.raises(PermissionDeniedError, match="globex"):
-        await admin.create_access_point(ACME, "globex", "n", "admin")
+        await admin.create_access_point(ACME, "globex", "n", ["admin"])
 
 
 async def test_access_points_are_scoped_to_their_tenant(admin, point):
@@ -208,8 +217,8 @@ async def test_access_points_are_scoped_to_their_tenant(admin, point):
 
 async def test_list_access_points_pages(admin):
     """Access points list oldest first, page by page."""
-    created = [(await admin.create_access_point(ACME, "acme", f"ap{n}", "admin")).access_point_id for n in range(5)]
-    await admin.create_access_point(OPERATOR, "globex", "other", "admin")
+    created = [(await admin.create_access_point(ACME, "acme", f"ap{n}", ["admin"])).access_point_id for n in range(5)]
+    await admin.create_access_point(OPERATOR, "globex", "other", ["admin"])
     seen, token = [], ""
     while True:
         page, token = await admin.list_access_points(ACME, "acme", 2, token)
@@ -375,14 +384,15 @@ async def test_bootstrap_admin_once(admin, tmp_path, ca):
     assert (directory / "ca.crt").read_bytes() == ca.certificate_pem
     cert = x509.load_pem_x509_certificate(cert_file.read_bytes())
     credential, access_point = await admin.authenticate(pki.serial_hex(cert), pki.fingerprint_sha256(cert))
-    assert (access_point.tenant_id, access_point.name, access_point.role) == ("operator", "bootstrap-admin", "admin")
+    assert (access_point.tenant_id, access_point.name, access_point.roles) == ("operator", "bootstrap-admin", ALL_ROLES)
+    assert access_point.operator
     assert (access_point.key_patterns, access_point.allowed_zones, access_point.allowed_cidrs) == (("*",), (), ())
     assert credential.not_after - credential.not_before == pytest.approx(365 * DAY)
 
     key_file.unlink()
     assert await admin.bootstrap_admin(directory) is None
     assert not key_file.exists()
-    assert len((await admin.list_access_points(admin.operator_scope(), "operator"))[0]) == 1
+    assert len((await admin.list_access_points(OPERATOR, "operator"))[0]) == 1
 
 
 async def test_bootstrap_admin_without_ca(store, clock, tmp_path):

@@ -16,7 +16,7 @@ from client_sdk.cli.admin_commands import format_json, format_record, format_tab
 
 T0 = datetime(2025, 3, 1, 12, 30, 5, tzinfo=timezone.utc)
 INSTANCE = kr.Instance("dev-dedicated", "acme", ("n1:7211", "n2:7211"), "127.0.0.1:7202", (), False, T0)
-ACCESS_POINT = kr.AccessPoint("ap-1", "acme", "orders-app", "crypto-user", (), ("internal",), (), T0)
+ACCESS_POINT = kr.AccessPoint("ap-1", "acme", "orders-app", ("crypto-user",), (), ("internal",), (), T0)
 FAR = datetime(2999, 1, 1, tzinfo=timezone.utc)
 CREDENTIAL = kr.Credential("0a1b", "ap-1", T0, FAR, False, None, "f" * 64)
 REVOKED = kr.Credential("0c", "ap-1", T0, T0 + timedelta(days=90), True, T0 + timedelta(days=1), "e" * 64)
@@ -74,11 +74,13 @@ def test_access_point_create_with_repeated_options(parser):
          "--key", "k1", "--zone", "z", "--cidr", "10.0.0.0/8", "--cidr", "::1/128",
          "--profile", "p.toml", "--endpoint", "gw:1", "-o", "json"]
     )
-    assert (args.name, args.tenant, args.role) == ("app", "acme", "messaging-user")
+    assert (args.name, args.tenant, args.roles, args.operator) == ("app", "acme", ["messaging-user"], False)
     assert (args.keys, args.zones, args.cidrs) == (["alias/a-*", "k1"], ["z"], ["10.0.0.0/8", "::1/128"])
     assert (args.profile, args.endpoint, args.output) == ("p.toml", "gw:1", "json")
     defaults = parser.parse_args("access-point create app --tenant acme --role admin".split())
     assert (defaults.keys, defaults.zones, defaults.cidrs) == ([], [], [])
+    several = parser.parse_args("access-point create app --tenant t --role key-admin --role access-admin --operator".split())
+    assert (several.roles, several.operator) == (["key-admin", "access-admin"], True)
 
 
 def test_credential_commands(parser):
@@ -133,7 +135,7 @@ def test_records_say_what_empty_lists_mean():
     assert "key patterns     (no key)" in text
     assert "allowed zones    internal" in text
     assert "allowed cidrs    (any)" in text
-    assert "role             crypto-user" in text
+    assert "roles            crypto-user" in text
     assert "status" in format_record(REVOKED) and "revoked" in format_record(REVOKED)
 
 
@@ -202,7 +204,9 @@ def test_commands_call_the_client_and_print(parser, monkeypatch, capsys):
     admin = FakeAdmin()
     argv = "access-point create app --tenant acme --role crypto-user --key k1 --cidr 10.0.0.0/8"
     assert run(parser, monkeypatch, argv, admin) == 0
-    assert admin.calls == [("create_access_point", ("acme", "app", "crypto-user", ["k1"], [], ["10.0.0.0/8"]), {})]
+    assert admin.calls == [
+        ("create_access_point", ("acme", "app", ["crypto-user"], ["k1"], [], ["10.0.0.0/8"]), {"operator": False})
+    ]
     assert "orders-app" in capsys.readouterr().out
     assert run(parser, monkeypatch, "instance list -o json", admin) == 0
     assert json.loads(capsys.readouterr().out)[0]["instance_id"] == "dev-dedicated"

@@ -123,7 +123,6 @@ def test_examples_are_one_deployment(monkeypatch):
     # One KMS CA: it signs credentials on the shared node; the gateway and private endpoint trust it.
     assert gateway.tls.client_ca == dedicated.private_endpoint.client_ca
     assert shared.ca.cert and shared.ca.key and shared.ca.bootstrap_dir
-    assert gateway.operator_tenant == shared.ca.operator_tenant
     # Distinct metrics ports per host.
     relay = load_relay_config(str(DEPLOY / "relay.toml"))
     assert len({gateway.metrics_listen, shared.metrics_listen, dedicated.metrics_listen, relay.metrics_listen}) == 4

@@ -25,7 +25,7 @@ def test_a_path_opens_sqlite_in_wal_mode_creating_its_folder(db_path):
         assert store.location == db_path
         with sqlite3.connect(db_path) as raw:
             assert raw.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-            assert raw.execute("SELECT version FROM schema_version").fetchall() == [(2,)]
+            assert raw.execute("SELECT version FROM schema_version").fetchall() == [(3,)]
     finally:
         store.close()
 

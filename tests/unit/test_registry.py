@@ -28,7 +28,7 @@ from kms_node.store.sql import SqlKeyStore
 
 DAY = 86400.0
 A, B = Caller("acme"), Caller("globex")
-DEDICATED = "acme-ded"
+DEDICATED, DEDICATED_2 = "acme-ded", "acme-ded-2"
 
 
 @pytest.fixture
@@ -40,7 +40,7 @@ def clock():
 def stores(tmp_path, clock):
     path = str(tmp_path / "shared.db")
     keys, admin = SqlKeyStore(path, clock=clock), SqlAdminStore(path)
-    for instance_id, tenant in ((DEDICATED, "acme"), ("globex-ded", "globex")):
+    for instance_id, tenant in ((DEDICATED, "acme"), (DEDICATED_2, "acme"), ("globex-ded", "globex")):
         admin.add_instance(Instance(instance_id, tenant, ("10.0.0.1:7101",), "10.0.0.1:7201", (), False, T0))
     yield keys, admin
     keys.close()
@@ -144,8 +144,6 @@ async def test_reserve_errors(registry, service):
         await registry.reserve("acme", "nope", "", "r-4")
     with pytest.raises(InstanceNotFoundError):
         await registry.reserve("acme", "globex-ded", "", "r-5")
-    with pytest.raises(InvalidArgumentError, match="another tenant"):
-        await registry.reserve("globex", "globex-ded", "", "r-1")
     for tenant, instance, alias, request_id in (
         ("", DEDICATED, "", "r-6"), ("acme", DEDICATED, "", ""), ("acme", DEDICATED, "", "x" * 129),
         ("acme", DEDICATED, "bad alias", "r-7"), ("acme", "", "", "r-8"),
@@ -154,6 +152,29 @@ async def test_reserve_errors(registry, service):
             await registry.reserve(tenant, instance, alias, request_id)
     # The same alias in another tenant is fine.
     assert (await registry.reserve("globex", "globex-ded", "alias/ded", "g-1")).aliases == ("alias/ded",)
+
+
+async def test_a_request_id_reserves_for_one_instance_and_alias_only(registry):
+    """A repeated request id naming another instance or alias is refused, so one key id cannot
+    be created on two instances; the refusal names what the request id was used for."""
+    first = await registry.reserve("acme", DEDICATED, "alias/one", "r-1")
+    for instance, alias in ((DEDICATED_2, "alias/one"), (DEDICATED, "alias/two"), (DEDICATED, ""),
+                            (DEDICATED_2, "")):
+        with pytest.raises(InvalidArgumentError, match=f"reserved key {first.key_id} on instance 'acme-ded'"):
+            await registry.reserve("acme", instance, alias, "r-1")
+    assert (await registry.reserve("acme", DEDICATED, "alias/one", "r-1")).key_id == first.key_id
+    with pytest.raises(AliasNotFoundError):
+        await registry.resolve("acme", "alias/two")
+
+
+async def test_request_ids_are_per_tenant(registry):
+    """Another tenant's request id is no secret to learn and no obstacle: the same id reserves a
+    key of its own, and neither tenant sees the other's reservation."""
+    mine = await registry.reserve("acme", DEDICATED, "alias/x", "shared-id")
+    theirs = await registry.reserve("globex", "globex-ded", "alias/x", "shared-id")
+    assert mine.key_id != theirs.key_id and theirs.tenant_id == "globex"
+    assert (await registry.reserve("acme", DEDICATED, "alias/x", "shared-id")).key_id == mine.key_id
+    assert (await registry.reserve("globex", "globex-ded", "alias/x", "shared-id")).key_id == theirs.key_id
 
 
 async def test_abort_removes_reservation_and_alias(registry):

@@ -25,15 +25,15 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17keyrelay/v1/admin.proto\x12\x0bkeyrelay.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"G\n\x0eInstancePolicy\x12\x18\n\x10management_zones\x18\x01 \x03(\t\x12\x1b\n\x13\x61llow_public_crypto\x18\x02 \x01(\x08\"\xc2\x01\n\x08Instance\x12\x13\n\x0binstance_id\x18\x01 \x01(\t\x12\x11\n\ttenant_id\x18\x02 \x01(\t\x12\x16\n\x0enode_endpoints\x18\x03 \x03(\t\x12\x18\n\x10private_endpoint\x18\x04 \x01(\t\x12+\n\x06policy\x18\x05 \x01(\x0b\x32\x1b.keyrelay.v1.InstancePolicy\x12/\n\x0b\x63reate_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xa0\x01\n\x17RegisterInstanceRequest\x12\x13\n\x0binstance_id\x18\x01 \x01(\t\x12\x11\n\ttenant_id\x18\x02 \x01(\t\x12\x16\n\x0enode_endpoints\x18\x03 \x03(\t\x12\x18\n\x10private_endpoint\x18\x04 \x01(\t\x12+\n\x06policy\x18\x05 \x01(\x0b\x32\x1b.keyrelay.v1.InstancePolicy\"C\n\x18RegisterInstanceResponse\x12\'\n\x08instance\x18\x01 \x01(\x0b\x32\x15.keyrelay.v1.Instance\".\n\x17\x44\x65scribeInstanceRequest\x12\x13\n\x0binstance_id\x18\x01 \x01(\t\"C\n\x18\x44\x65scribeInstanceResponse\x12\'\n\x08instance\x18\x01 \x01(\x0b\x32\x15.keyrelay.v1.Instance\"=\n\x14ListInstancesRequest\x12\x11\n\tpage_size\x18\x01 \x01(\r\x12\x12\n\npage_token\x18\x02 \x01(\t\"Z\n\x15ListInstancesResponse\x12(\n\tinstances\x18\x01 \x03(\x0b\x32\x15.keyrelay.v1.Instance\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\xe8\x01\n\x0b\x41\x63\x63\x65ssPoint\x12\x17\n\x0f\x61\x63\x63\x65ss_point_id\x18\x01 \x01(\t\x12\x11\n\ttenant_id\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12*\n\x04role\x18\x04 \x01(\x0e\x32\x1c.keyrelay.v1.AccessPointRole\x12\x14\n\x0ckey_patterns\x18\x05 \x03(\t\x12\x15\n\rallowed_zones\x18\x06 \x03(\t\x12\x15\n\rallowed_cidrs\x18\x07 \x03(\t\x12/\n\x0b\x63reate_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xab\x01\n\x18\x43reateAccessPointRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12*\n\x04role\x18\x03 \x01(\x0e\x32\x1c.keyrelay.v1.AccessPointRole\x12\x14\n\x0ckey_patterns\x18\x04 \x03(\t\x12\x15\n\rallowed_zones\x18\x05 \x03(\t\x12\x15\n\rallowed_cidrs\x18\x06 \x03(\t\"K\n\x19\x43reateAccessPointResponse\x12.\n\x0c\x61\x63\x63\x65ss_point\x18\x01 \x01(\x0b\x32\x18.keyrelay.v1.AccessPoint\"5\n\x1a\x44\x65scribeAccessPointRequest\x12\x17\n\x0f\x61\x63\x63\x65ss_point_id\x18\x01 \x01(\t\"M\n\x1b\x44\x65scribeAccessPointResponse\x12.\n\x0c\x61\x63\x63\x65ss_point\x18\x01 \x01(\x0b\x32\x18.keyrelay.v1.AccessPoint\"S\n\x17ListAccessPointsRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\r\x12\x12\n\npage_token\x18\x03 \x01(\t\"d\n\x18ListAccessPointsResponse\x12/\n\raccess_points\x18\x01 \x03(\x0b\x32\x18.keyrelay.v1.AccessPoint\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"3\n\x18\x44\x65leteAccessPointRequest\x12\x17\n\x0f\x61\x63\x63\x65ss_point_id\x18\x01 \x01(\t\"\x1b\n\x19\x44\x65leteAccessPointResponse\"\xf2\x01\n\nCredential\x12\x0e\n\x06serial\x18\x01 \x01(\t\x12\x17\n\x0f\x61\x63\x63\x65ss_point_id\x18\x02 \x01(\t\x12.\n\nnot_before\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12-\n\tnot_after\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07revoked\x18\x05 \x01(\x08\x12/\n\x0brevoke_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x1a\n\x12\x66ingerprint_sha256\x18\x07 \x01(\t\"q\n\x16IssueCredentialRequest\x12\x17\n\x0f\x61\x63\x63\x65ss_point_id\x18\x01 \x01(\t\x12\'\n\x1f\x63\x65rtificate_signing_request_pem\x18\x02 \x01(\t\x12\x15\n\rvalidity_days\x18\x03 \x01(\r\"{\n\x17IssueCredentialResponse\x12+\n\ncredential\x18\x01 \x01(\x0b\x32\x17.keyrelay.v1.Credential\x12\x17\n\x0f\x63\x65rtificate_pem\x18\x02 \x01(\t\x12\x1a\n\x12\x63\x61_certificate_pem\x18\x03 \x01(\t\"1\n\x16ListCredentialsRequest\x12\x17\n\x0f\x61\x63\x63\x65ss_point_id\x18\x01 \x01(\t\"G\n\x17ListCredentialsResponse\x12,\n\x0b\x63redentials\x18\x01 \x03(\x0b\x32\x17.keyrelay.v1.Credential\")\n\x17RevokeCredentialRequest\x12\x0e\n\x06serial\x18\x01 \x01(\t\"G\n\x18RevokeCredentialResponse\x12+\n\ncredential\x18\x01 \x01(\x0b\x32\x17.keyrelay.v1.Credential*\x9a\x01\n\x0f\x41\x63\x63\x65ssPointRole\x12!\n\x1d\x41\x43\x43\x45SS_POINT_ROLE_UNSPECIFIED\x10\x00\x12\x1b\n\x17\x41\x43\x43\x45SS_POINT_ROLE_ADMIN\x10\x01\x12!\n\x1d\x41\x43\x43\x45SS_POINT_ROLE_CRYPTO_USER\x10\x02\x12$\n ACCESS_POINT_ROLE_MESSAGING_USER\x10\x03\x32\xd8\x07\n\x0c\x41\x64minService\x12_\n\x10RegisterInstance\x12$.keyrelay.v1.RegisterInstanceRequest\x1a%.keyrelay.v1.RegisterInstanceResponse\x12_\n\x10\x44\x65scribeInstance\x12$.keyrelay.v1.DescribeInstanceRequest\x1a%.keyrelay.v1.DescribeInstanceResponse\x12V\n\rListInstances\x12!.keyrelay.v1.ListInstancesRequest\x1a\".keyrelay.v1.ListInstancesResponse\x12\x62\n\x11\x43reateAccessPoint\x12%.keyrelay.v1.CreateAccessPointRequest\x1a&.keyrelay.v1.CreateAccessPointResponse\x12h\n\x13\x44\x65scribeAccessPoint\x12\'.keyrelay.v1.DescribeAccessPointRequest\x1a(.keyrelay.v1.DescribeAccessPointResponse\x12_\n\x10ListAccessPoints\x12$.keyrelay.v1.ListAccessPointsRequest\x1a%.keyrelay.v1.ListAccessPointsResponse\x12\x62\n\x11\x44\x65leteAccessPoint\x12%.keyrelay.v1.DeleteAccessPointRequest\x1a&.keyrelay.v1.DeleteAccessPointResponse\x12\\\n\x0fIssueCredential\x12#.keyrelay.v1.IssueCredentialRequest\x1a$.keyrelay.v1.IssueCredentialResponse\x12\\\n\x0fListCredentials\x12#.keyrelay.v1.ListCredentialsRequest\x1a$.keyrelay.v1.ListCredentialsResponse\x12_\n\x10RevokeCredential\x12$.keyrelay.v1.RevokeCredentialRequest\x1a%.keyrelay.v1.RevokeCredentialResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17keyrelay/v1/admin.proto\x12\x0bkeyrelay.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"G\n\x0eInstancePolicy\x12\x18\n\x10management_zones\x18\x01 \x03(\t\x12\x1b\n\x13\x61llow_public_crypto\x18\x02 \x01(\x08\"\xc2\x01\n\x08Instance\x12\x13\n\x0binstance_id\x18\x01 \x01(\t\x12\x11\n\ttenant_id\x18\x02 \x01(\t\x12\x16\n\x0enode_endpoints\x18\x03 \x03(\t\x12\x18\n\x10private_endpoint\x18\x04 \x01(\t\x12+\n\x06policy\x18\x05 \x01(\x0b\x32\x1b.keyrelay.v1.InstancePolicy\x12/\n\x0b\x63reate_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xa0\x01\n\x17RegisterInstanceRequest\x12\x13\n\x0binstance_id\x18\x01 \x01(\t\x12\x11\n\ttenant_id\x18\x02 \x01(\t\x12\x16\n\x0enode_endpoints\x18\x03 \x03(\t\x12\x18\n\x10private_endpoint\x18\x04 \x01(\t\x12+\n\x06policy\x18\x05 \x01(\x0b\x32\x1b.keyrelay.v1.InstancePolicy\"C\n\x18RegisterInstanceResponse\x12\'\n\x08instance\x18\x01 \x01(\x0b\x32\x15.keyrelay.v1.Instance\".\n\x17\x44\x65scribeInstanceRequest\x12\x13\n\x0binstance_id\x18\x01 \x01(\t\"C\n\x18\x44\x65scribeInstanceResponse\x12\'\n\x08instance\x18\x01 \x01(\x0b\x32\x15.keyrelay.v1.Instance\"=\n\x14ListInstancesRequest\x12\x11\n\tpage_size\x18\x01 \x01(\r\x12\x12\n\npage_token\x18\x02 \x01(\t\"Z\n\x15ListInstancesResponse\x12(\n\tinstances\x18\x01 \x03(\x0b\x32\x15.keyrelay.v1.Instance\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\xa7\x02\n\x0b\x41\x63\x63\x65ssPoint\x12\x17\n\x0f\x61\x63\x63\x65ss_point_id\x18\x01 \x01(\t\x12\x11\n\ttenant_id\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12*\n\x04role\x18\x04 \x01(\x0e\x32\x1c.keyrelay.v1.AccessPointRole\x12\x14\n\x0ckey_patterns\x18\x05 \x03(\t\x12\x15\n\rallowed_zones\x18\x06 \x03(\t\x12\x15\n\rallowed_cidrs\x18\x07 \x03(\t\x12/\n\x0b\x63reate_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12+\n\x05roles\x18\t \x03(\x0e\x32\x1c.keyrelay.v1.AccessPointRole\x12\x10\n\x08operator\x18\n \x01(\x08\"\xea\x01\n\x18\x43reateAccessPointRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12*\n\x04role\x18\x03 \x01(\x0e\x32\x1c.keyrelay.v1.AccessPointRole\x12\x14\n\x0ckey_patterns\x18\x04 \x03(\t\x12\x15\n\rallowed_zones\x18\x05 \x03(\t\x12\x15\n\rallowed_cidrs\x18\x06 \x03(\t\x12+\n\x05roles\x18\x07 \x03(\x0e\x32\x1c.keyrelay.v1.AccessPointRole\x12\x10\n\x08operator\x18\x08 \x01(\x08\"K\n\x19\x43reateAccessPointResponse\x12.\n\x0c\x61\x63\x63\x65ss_point\x18\x01 \x01(\x0b\x32\x18.keyrelay.v1.AccessPoint\"5\n\x1a\x44\x65scribeAccessPointRequest\x12\x17\n\x0f\x61\x63\x63\x65ss_point_id\x18\x01 \x01(\t\"M\n\x1b\x44\x65scribeAccessPointResponse\x12.\n\x0c\x61\x63\x63\x65ss_point\x18\x01 \x01(\x0b\x32\x18.keyrelay.v1.AccessPoint\"S\n\x17ListAccessPointsRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\r\x12\x12\n\npage_token\x18\x03 \x01(\t\"d\n\x18ListAccessPointsResponse\x12/\n\raccess_points\x18\x01 \x03(\x0b\x32\x18.keyrelay.v1.AccessPoint\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"3\n\x18\x44\x65leteAccessPointRequest\x12\x17\n\x0f\x61\x63\x63\x65ss_point_id\x18\x01 \x01(\t\"\x1b\n\x19\x44\x65leteAccessPointResponse\"\xf2\x01\n\nCredential\x12\x0e\n\x06serial\x18\x01 \x01(\t\x12\x17\n\x0f\x61\x63\x63\x65ss_point_id\x18\x02 \x01(\t\x12.\n\nnot_before\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12-\n\tnot_after\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07revoked\x18\x05 \x01(\x08\x12/\n\x0brevoke_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x1a\n\x12\x66ingerprint_sha256\x18\x07 \x01(\t\"q\n\x16IssueCredentialRequest\x12\x17\n\x0f\x61\x63\x63\x65ss_point_id\x18\x01 \x01(\t\x12\'\n\x1f\x63\x65rtificate_signing_request_pem\x18\x02 \x01(\t\x12\x15\n\rvalidity_days\x18\x03 \x01(\r\"{\n\x17IssueCredentialResponse\x12+\n\ncredential\x18\x01 \x01(\x0b\x32\x17.keyrelay.v1.Credential\x12\x17\n\x0f\x63\x65rtificate_pem\x18\x02 \x01(\t\x12\x1a\n\x12\x63\x61_certificate_pem\x18\x03 \x01(\t\"1\n\x16ListCredentialsRequest\x12\x17\n\x0f\x61\x63\x63\x65ss_point_id\x18\x01 \x01(\t\"G\n\x17ListCredentialsResponse\x12,\n\x0b\x63redentials\x18\x01 \x03(\x0b\x32\x17.keyrelay.v1.Credential\")\n\x17RevokeCredentialRequest\x12\x0e\n\x06serial\x18\x01 \x01(\t\"G\n\x18RevokeCredentialResponse\x12+\n\ncredential\x18\x01 \x01(\x0b\x32\x17.keyrelay.v1.Credential*\xdf\x01\n\x0f\x41\x63\x63\x65ssPointRole\x12!\n\x1d\x41\x43\x43\x45SS_POINT_ROLE_UNSPECIFIED\x10\x00\x12\x1b\n\x17\x41\x43\x43\x45SS_POINT_ROLE_ADMIN\x10\x01\x12!\n\x1d\x41\x43\x43\x45SS_POINT_ROLE_CRYPTO_USER\x10\x02\x12$\n ACCESS_POINT_ROLE_MESSAGING_USER\x10\x03\x12\x1f\n\x1b\x41\x43\x43\x45SS_POINT_ROLE_KEY_ADMIN\x10\x04\x12\"\n\x1e\x41\x43\x43\x45SS_POINT_ROLE_ACCESS_ADMIN\x10\x05\x32\xd8\x07\n\x0c\x41\x64minService\x12_\n\x10RegisterInstance\x12$.keyrelay.v1.RegisterInstanceRequest\x1a%.keyrelay.v1.RegisterInstanceResponse\x12_\n\x10\x44\x65scribeInstance\x12$.keyrelay.v1.DescribeInstanceRequest\x1a%.keyrelay.v1.DescribeInstanceResponse\x12V\n\rListInstances\x12!.keyrelay.v1.ListInstancesRequest\x1a\".keyrelay.v1.ListInstancesResponse\x12\x62\n\x11\x43reateAccessPoint\x12%.keyrelay.v1.CreateAccessPointRequest\x1a&.keyrelay.v1.CreateAccessPointResponse\x12h\n\x13\x44\x65scribeAccessPoint\x12\'.keyrelay.v1.DescribeAccessPointRequest\x1a(.keyrelay.v1.DescribeAccessPointResponse\x12_\n\x10ListAccessPoints\x12$.keyrelay.v1.ListAccessPointsRequest\x1a%.keyrelay.v1.ListAccessPointsResponse\x12\x62\n\x11\x44\x65leteAccessPoint\x12%.keyrelay.v1.DeleteAccessPointRequest\x1a&.keyrelay.v1.DeleteAccessPointResponse\x12\\\n\x0fIssueCredential\x12#.keyrelay.v1.IssueCredentialRequest\x1a$.keyrelay.v1.IssueCredentialResponse\x12\\\n\x0fListCredentials\x12#.keyrelay.v1.ListCredentialsRequest\x1a$.keyrelay.v1.ListCredentialsResponse\x12_\n\x10RevokeCredential\x12$.keyrelay.v1.RevokeCredentialRequest\x1a%.keyrelay.v1.RevokeCredentialResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'keyrelay.v1.admin_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_ACCESSPOINTROLE']._serialized_start=2462
-  _globals['_ACCESSPOINTROLE']._serialized_end=2616
+  _globals['_ACCESSPOINTROLE']._serialized_start=2588
+  _globals['_ACCESSPOINTROLE']._serialized_end=2811
   _globals['_INSTANCEPOLICY']._serialized_start=73
   _globals['_INSTANCEPOLICY']._serialized_end=144
   _globals['_INSTANCE']._serialized_start=147
@@ -51,37 +51,37 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_LISTINSTANCESRESPONSE']._serialized_start=755
   _globals['_LISTINSTANCESRESPONSE']._serialized_end=845
   _globals['_ACCESSPOINT']._serialized_start=848
-  _globals['_ACCESSPOINT']._serialized_end=1080
-  _globals['_CREATEACCESSPOINTREQUEST']._serialized_start=1083
-  _globals['_CREATEACCESSPOINTREQUEST']._serialized_end=1254
-  _globals['_CREATEACCESSPOINTRESPONSE']._serialized_start=1256
-  _globals['_CREATEACCESSPOINTRESPONSE']._serialized_end=1331
-  _globals['_DESCRIBEACCESSPOINTREQUEST']._serialized_start=1333
-  _globals['_DESCRIBEACCESSPOINTREQUEST']._serialized_end=1386
-  _globals['_DESCRIBEACCESSPOINTRESPONSE']._serialized_start=1388
-  _globals['_DESCRIBEACCESSPOINTRESPONSE']._serialized_end=1465
-  _globals['_LISTACCESSPOINTSREQUEST']._serialized_start=1467
-  _globals['_LISTACCESSPOINTSREQUEST']._serialized_end=1550
-  _globals['_LISTACCESSPOINTSRESPONSE']._serialized_start=1552
-  _globals['_LISTACCESSPOINTSRESPONSE']._serialized_end=1652
-  _globals['_DELETEACCESSPOINTREQUEST']._serialized_start=1654
-  _globals['_DELETEACCESSPOINTREQUEST']._serialized_end=1705
-  _globals['_DELETEACCESSPOINTRESPONSE']._serialized_start=1707
-  _globals['_DELETEACCESSPOINTRESPONSE']._serialized_end=1734
-  _globals['_CREDENTIAL']._serialized_start=1737
-  _globals['_CREDENTIAL']._serialized_end=1979
-  _globals['_ISSUECREDENTIALREQUEST']._serialized_start=1981
-  _globals['_ISSUECREDENTIALREQUEST']._serialized_end=2094
-  _globals['_ISSUECREDENTIALRESPONSE']._serialized_start=2096
-  _globals['_ISSUECREDENTIALRESPONSE']._serialized_end=2219
-  _globals['_LISTCREDENTIALSREQUEST']._serialized_start=2221
-  _globals['_LISTCREDENTIALSREQUEST']._serialized_end=2270
-  _globals['_LISTCREDENTIALSRESPONSE']._serialized_start=2272
-  _globals['_LISTCREDENTIALSRESPONSE']._serialized_end=2343
-  _globals['_REVOKECREDENTIALREQUEST']._serialized_start=2345
-  _globals['_REVOKECREDENTIALREQUEST']._serialized_end=2386
-  _globals['_REVOKECREDENTIALRESPONSE']._serialized_start=2388
-  _globals['_REVOKECREDENTIALRESPONSE']._serialized_end=2459
-  _globals['_ADMINSERVICE']._serialized_start=2619
-  _globals['_ADMINSERVICE']._serialized_end=3603
+  _globals['_ACCESSPOINT']._serialized_end=1143
+  _globals['_CREATEACCESSPOINTREQUEST']._serialized_start=1146
+  _globals['_CREATEACCESSPOINTREQUEST']._serialized_end=1380
+  _globals['_CREATEACCESSPOINTRESPONSE']._serialized_start=1382
+  _globals['_CREATEACCESSPOINTRESPONSE']._serialized_end=1457
+  _globals['_DESCRIBEACCESSPOINTREQUEST']._serialized_start=1459
+  _globals['_DESCRIBEACCESSPOINTREQUEST']._serialized_end=1512
+  _globals['_DESCRIBEACCESSPOINTRESPONSE']._serialized_start=1514
+  _globals['_DESCRIBEACCESSPOINTRESPONSE']._serialized_end=1591
+  _globals['_LISTACCESSPOINTSREQUEST']._serialized_start=1593
+  _globals['_LISTACCESSPOINTSREQUEST']._serialized_end=1676
+  _globals['_LISTACCESSPOINTSRESPONSE']._serialized_start=1678
+  _globals['_LISTACCESSPOINTSRESPONSE']._serialized_end=1778
+  _globals['_DELETEACCESSPOINTREQUEST']._serialized_start=1780
+  _globals['_DELETEACCESSPOINTREQUEST']._serialized_end=1831
+  _globals['_DELETEACCESSPOINTRESPONSE']._serialized_start=1833
+  _globals['_DELETEACCESSPOINTRESPONSE']._serialized_end=1860
+  _globals['_CREDENTIAL']._serialized_start=1863
+  _globals['_CREDENTIAL']._serialized_end=2105
+  _globals['_ISSUECREDENTIALREQUEST']._serialized_start=2107
+  _globals['_ISSUECREDENTIALREQUEST']._serialized_end=2220
+  _globals['_ISSUECREDENTIALRESPONSE']._serialized_start=2222
+  _globals['_ISSUECREDENTIALRESPONSE']._serialized_end=2345
+  _globals['_LISTCREDENTIALSREQUEST']._serialized_start=2347
+  _globals['_LISTCREDENTIALSREQUEST']._serialized_end=2396
+  _globals['_LISTCREDENTIALSRESPONSE']._serialized_start=2398
+  _globals['_LISTCREDENTIALSRESPONSE']._serialized_end=2469
+  _globals['_REVOKECREDENTIALREQUEST']._serialized_start=2471
+  _globals['_REVOKECREDENTIALREQUEST']._serialized_end=2512
+  _globals['_REVOKECREDENTIALRESPONSE']._serialized_start=2514
+  _globals['_REVOKECREDENTIALRESPONSE']._serialized_end=2585
+  _globals['_ADMINSERVICE']._serialized_start=2814
+  _globals['_ADMINSERVICE']._serialized_end=3798
 # @@protoc_insertion_point(module_scope)

@@ -16,10 +16,14 @@ class AccessPointRole(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     ACCESS_POINT_ROLE_ADMIN: _ClassVar[AccessPointRole]
     ACCESS_POINT_ROLE_CRYPTO_USER: _ClassVar[AccessPointRole]
     ACCESS_POINT_ROLE_MESSAGING_USER: _ClassVar[AccessPointRole]
+    ACCESS_POINT_ROLE_KEY_ADMIN: _ClassVar[AccessPointRole]
+    ACCESS_POINT_ROLE_ACCESS_ADMIN: _ClassVar[AccessPointRole]
 ACCESS_POINT_ROLE_UNSPECIFIED: AccessPointRole
 ACCESS_POINT_ROLE_ADMIN: AccessPointRole
 ACCESS_POINT_ROLE_CRYPTO_USER: AccessPointRole
 ACCESS_POINT_ROLE_MESSAGING_USER: AccessPointRole
+ACCESS_POINT_ROLE_KEY_ADMIN: AccessPointRole
+ACCESS_POINT_ROLE_ACCESS_ADMIN: AccessPointRole
 
 class InstancePolicy(_message.Message):
     __slots__ = ("management_zones", "allow_public_crypto")
@@ -94,7 +98,7 @@ class ListInstancesResponse(_message.Message):
     def __init__(self, instances: _Optional[_Iterable[_Union[Instance, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
 
 class AccessPoint(_message.Message):
-    __slots__ = ("access_point_id", "tenant_id", "name", "role", "key_patterns", "allowed_zones", "allowed_cidrs", "create_time")
+    __slots__ = ("access_point_id", "tenant_id", "name", "role", "key_patterns", "allowed_zones", "allowed_cidrs", "create_time", "roles", "operator")
     ACCESS_POINT_ID_FIELD_NUMBER: _ClassVar[int]
     TENANT_ID_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
@@ -103,6 +107,8 @@ class AccessPoint(_message.Message):
     ALLOWED_ZONES_FIELD_NUMBER: _ClassVar[int]
     ALLOWED_CIDRS_FIELD_NUMBER: _ClassVar[int]
     CREATE_TIME_FIELD_NUMBER: _ClassVar[int]
+    ROLES_FIELD_NUMBER: _ClassVar[int]
+    OPERATOR_FIELD_NUMBER: _ClassVar[int]
     access_point_id: str
     tenant_id: str
     name: str
@@ -111,23 +117,29 @@ class AccessPoint(_message.Message):
     allowed_zones: _containers.RepeatedScalarFieldContainer[str]
     allowed_cidrs: _containers.RepeatedScalarFieldContainer[str]
     create_time: _timestamp_pb2.Timestamp
-    def __init__(self, access_point_id: _Optional[str] = ..., tenant_id: _Optional[str] = ..., name: _Optional[str] = ..., role: _Optional[_Union[AccessPointRole, str]] = ..., key_patterns: _Optional[_Iterable[str]] = ..., allowed_zones: _Optional[_Iterable[str]] = ..., allowed_cidrs: _Optional[_Iterable[str]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    roles: _containers.RepeatedScalarFieldContainer[AccessPointRole]
+    operator: bool
+    def __init__(self, access_point_id: _Optional[str] = ..., tenant_id: _Optional[str] = ..., name: _Optional[str] = ..., role: _Optional[_Union[AccessPointRole, str]] = ..., key_patterns: _Optional[_Iterable[str]] = ..., allowed_zones: _Optional[_Iterable[str]] = ..., allowed_cidrs: _Optional[_Iterable[str]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., roles: _Optional[_Iterable[_Union[AccessPointRole, str]]] = ..., operator: _Optional[bool] = ...) -> None: ...
 
 class CreateAccessPointRequest(_message.Message):
-    __slots__ = ("tenant_id", "name", "role", "key_patterns", "allowed_zones", "allowed_cidrs")
+    __slots__ = ("tenant_id", "name", "role", "key_patterns", "allowed_zones", "allowed_cidrs", "roles", "operator")
     TENANT_ID_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     ROLE_FIELD_NUMBER: _ClassVar[int]
     KEY_PATTERNS_FIELD_NUMBER: _ClassVar[int]
     ALLOWED_ZONES_FIELD_NUMBER: _ClassVar[int]
     ALLOWED_CIDRS_FIELD_NUMBER: _ClassVar[int]
+    ROLES_FIELD_NUMBER: _ClassVar[int]
+    OPERATOR_FIELD_NUMBER: _ClassVar[int]
     tenant_id: str
     name: str
     role: AccessPointRole
     key_patterns: _containers.RepeatedScalarFieldContainer[str]
     allowed_zones: _containers.RepeatedScalarFieldContainer[str]
     allowed_cidrs: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, tenant_id: _Optional[str] = ..., name: _Optional[str] = ..., role: _Optional[_Union[AccessPointRole, str]] = ..., key_patterns: _Optional[_Iterable[str]] = ..., allowed_zones: _Optional[_Iterable[str]] = ..., allowed_cidrs: _Optional[_Iterable[str]] = ...) -> None: ...
+    roles: _containers.RepeatedScalarFieldContainer[AccessPointRole]
+    operator: bool
+    def __init__(self, tenant_id: _Optional[str] = ..., name: _Optional[str] = ..., role: _Optional[_Union[AccessPointRole, str]] = ..., key_patterns: _Optional[_Iterable[str]] = ..., allowed_zones: _Optional[_Iterable[str]] = ..., allowed_cidrs: _Optional[_Iterable[str]] = ..., roles: _Optional[_Iterable[_Union[AccessPointRole, str]]] = ..., operator: _Optional[bool] = ...) -> None: ...
 
 class CreateAccessPointResponse(_message.Message):
     __slots__ = ("access_point",)

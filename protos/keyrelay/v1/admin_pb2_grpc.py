@@ -28,16 +28,27 @@ if _version_not_supported:
 class AdminServiceStub:
     """Administration of dedicated KMS instances, access points and their
     credentials. Served by the gateway only, over TLS with a client
-    certificate; the caller's access point must have role
-    ACCESS_POINT_ROLE_ADMIN, and a caller may act only on its own tenant
+    certificate. Instance reads need role KEY_ADMIN or ACCESS_ADMIN;
+    RegisterInstance needs KEY_ADMIN and the operator property; access points
+    and credentials need ACCESS_ADMIN. A caller acts only on its own tenant
     (otherwise PERMISSION_DENIED PERMISSION_DENIED; another tenant's instances,
-    access points and credentials are reported NOT_FOUND). Admin access points
-    of the operator tenant (`operator` unless configured otherwise; the
-    bootstrap admin credential belongs to it) act on every tenant.
+    access points and credentials are reported NOT_FOUND), unless its access
+    point has the operator property (AccessPoint.operator), which only the
+    bootstrap credential and other operators hold or grant.
+
+    No escalation: CreateAccessPoint, DeleteAccessPoint, IssueCredential and
+    RevokeCredential act only on access points whose every role the caller
+    holds, whose every key pattern one of the caller's patterns covers (every
+    key the target's pattern matches, the caller's matches too), whose zones
+    and CIDRs are within the caller's (an access point without a zone or CIDR
+    list may be used from anywhere, so only a caller without one covers it),
+    and that are operators only if the caller is. Otherwise PERMISSION_DENIED
+    PERMISSION_DENIED, naming what is not covered.
 
     The shared KMS node serves this service on its internal port to the
-    gateway, which forwards the caller's tenant as metadata `keyrelay-tenant`
-    and, for the operator tenant, `keyrelay-admin-scope: all`.
+    gateway, which forwards the caller's access point id as metadata
+    `keyrelay-access-point`; the node authorizes the call against that access
+    point as its own store holds it.
 
     Any RPC may also fail with: UNAUTHENTICATED (UNAUTHENTICATED,
     CREDENTIAL_REVOKED, CREDENTIAL_EXPIRED); PERMISSION_DENIED
@@ -106,16 +117,27 @@ class AdminServiceStub:
 class AdminServiceServicer:
     """Administration of dedicated KMS instances, access points and their
     credentials. Served by the gateway only, over TLS with a client
-    certificate; the caller's access point must have role
-    ACCESS_POINT_ROLE_ADMIN, and a caller may act only on its own tenant
+    certificate. Instance reads need role KEY_ADMIN or ACCESS_ADMIN;
+    RegisterInstance needs KEY_ADMIN and the operator property; access points
+    and credentials need ACCESS_ADMIN. A caller acts only on its own tenant
     (otherwise PERMISSION_DENIED PERMISSION_DENIED; another tenant's instances,
-    access points and credentials are reported NOT_FOUND). Admin access points
-    of the operator tenant (`operator` unless configured otherwise; the
-    bootstrap admin credential belongs to it) act on every tenant.
+    access points and credentials are reported NOT_FOUND), unless its access
+    point has the operator property (AccessPoint.operator), which only the
+    bootstrap credential and other operators hold or grant.
+
+    No escalation: CreateAccessPoint, DeleteAccessPoint, IssueCredential and
+    RevokeCredential act only on access points whose every role the caller
+    holds, whose every key pattern one of the caller's patterns covers (every
+    key the target's pattern matches, the caller's matches too), whose zones
+    and CIDRs are within the caller's (an access point without a zone or CIDR
+    list may be used from anywhere, so only a caller without one covers it),
+    and that are operators only if the caller is. Otherwise PERMISSION_DENIED
+    PERMISSION_DENIED, naming what is not covered.
 
     The shared KMS node serves this service on its internal port to the
-    gateway, which forwards the caller's tenant as metadata `keyrelay-tenant`
-    and, for the operator tenant, `keyrelay-admin-scope: all`.
+    gateway, which forwards the caller's access point id as metadata
+    `keyrelay-access-point`; the node authorizes the call against that access
+    point as its own store holds it.
 
     Any RPC may also fail with: UNAUTHENTICATED (UNAUTHENTICATED,
     CREDENTIAL_REVOKED, CREDENTIAL_EXPIRED); PERMISSION_DENIED
@@ -126,7 +148,9 @@ class AdminServiceServicer:
     def RegisterInstance(self, request, context):
         """Registers a dedicated KMS instance of a tenant: where its node replicas
         and its private endpoint are, and its network policy. The gateway routes
-        management requests for the instance's keys to node_endpoints.
+        management requests for the instance's keys to node_endpoints. Instance
+        ids are global, so this is for operators only (KEY_ADMIN and the operator
+        property; otherwise PERMISSION_DENIED PERMISSION_DENIED).
         Errors: INVALID_ARGUMENT INVALID_ARGUMENT (bad instance id, no node
         endpoint, malformed host:port); ALREADY_EXISTS INSTANCE_EXISTS when the
         instance id is already registered.
@@ -153,10 +177,11 @@ class AdminServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def CreateAccessPoint(self, request, context):
-        """Creates an access point: a role, the keys it may use and the networks it
-        may come from. Credentials are then issued to it with IssueCredential.
+        """Creates an access point: its roles, the keys it may use and the networks
+        it may come from. Credentials are then issued to it with IssueCredential.
         Errors: INVALID_ARGUMENT INVALID_ARGUMENT (missing tenant, name or role,
-        malformed key pattern or CIDR).
+        malformed key pattern or CIDR); PERMISSION_DENIED PERMISSION_DENIED when
+        the new access point would not be covered by the caller's (see above).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -284,16 +309,27 @@ def add_AdminServiceServicer_to_server(servicer, server):
 class AdminService:
     """Administration of dedicated KMS instances, access points and their
     credentials. Served by the gateway only, over TLS with a client
-    certificate; the caller's access point must have role
-    ACCESS_POINT_ROLE_ADMIN, and a caller may act only on its own tenant
+    certificate. Instance reads need role KEY_ADMIN or ACCESS_ADMIN;
+    RegisterInstance needs KEY_ADMIN and the operator property; access points
+    and credentials need ACCESS_ADMIN. A caller acts only on its own tenant
     (otherwise PERMISSION_DENIED PERMISSION_DENIED; another tenant's instances,
-    access points and credentials are reported NOT_FOUND). Admin access points
-    of the operator tenant (`operator` unless configured otherwise; the
-    bootstrap admin credential belongs to it) act on every tenant.
+    access points and credentials are reported NOT_FOUND), unless its access
+    point has the operator property (AccessPoint.operator), which only the
+    bootstrap credential and other operators hold or grant.
+
+    No escalation: CreateAccessPoint, DeleteAccessPoint, IssueCredential and
+    RevokeCredential act only on access points whose every role the caller
+    holds, whose every key pattern one of the caller's patterns covers (every
+    key the target's pattern matches, the caller's matches too), whose zones
+    and CIDRs are within the caller's (an access point without a zone or CIDR
+    list may be used from anywhere, so only a caller without one covers it),
+    and that are operators only if the caller is. Otherwise PERMISSION_DENIED
+    PERMISSION_DENIED, naming what is not covered.
 
     The shared KMS node serves this service on its internal port to the
-    gateway, which forwards the caller's tenant as metadata `keyrelay-tenant`
-    and, for the operator tenant, `keyrelay-admin-scope: all`.
+    gateway, which forwards the caller's access point id as metadata
+    `keyrelay-access-point`; the node authorizes the call against that access
+    point as its own store holds it.
 
     Any RPC may also fail with: UNAUTHENTICATED (UNAUTHENTICATED,
     CREDENTIAL_REVOKED, CREDENTIAL_EXPIRED); PERMISSION_DENIED

@@ -55,10 +55,15 @@ class KeyManagementServiceStub:
     DescribeKey, ListKeys and CancelKeyDeletion fails on a PENDING_DELETION key
     with FAILED_PRECONDITION KEY_PENDING_DELETION.
 
+    Key references are resolved once, at the entry point (gateway or private
+    endpoint), checked against the caller's key patterns, and the call then
+    runs on the key they resolved to, even if an alias moves meanwhile.
+
     Any RPC may also fail with: UNAUTHENTICATED (UNAUTHENTICATED,
     CREDENTIAL_REVOKED, CREDENTIAL_EXPIRED); PERMISSION_DENIED
-    (PERMISSION_DENIED when the access point's role or key patterns do not
-    cover the call, NETWORK_NOT_ALLOWED, PRIVATE_ENDPOINT_REQUIRED);
+    (PERMISSION_DENIED when the access point's roles or key patterns do not
+    cover the call, or at a private endpoint when the caller's tenant does not
+    own the instance; NETWORK_NOT_ALLOWED, PRIVATE_ENDPOINT_REQUIRED);
     RESOURCE_EXHAUSTED RATE_LIMITED; UNAVAILABLE (NODE_NOT_READY,
     HSM_UNAVAILABLE, UPSTREAM_UNAVAILABLE), which are safe to retry; and
     INTERNAL INTERNAL. Error reasons travel in the `keyrelay-error-reason`
@@ -208,10 +213,15 @@ class KeyManagementServiceServicer:
     DescribeKey, ListKeys and CancelKeyDeletion fails on a PENDING_DELETION key
     with FAILED_PRECONDITION KEY_PENDING_DELETION.
 
+    Key references are resolved once, at the entry point (gateway or private
+    endpoint), checked against the caller's key patterns, and the call then
+    runs on the key they resolved to, even if an alias moves meanwhile.
+
     Any RPC may also fail with: UNAUTHENTICATED (UNAUTHENTICATED,
     CREDENTIAL_REVOKED, CREDENTIAL_EXPIRED); PERMISSION_DENIED
-    (PERMISSION_DENIED when the access point's role or key patterns do not
-    cover the call, NETWORK_NOT_ALLOWED, PRIVATE_ENDPOINT_REQUIRED);
+    (PERMISSION_DENIED when the access point's roles or key patterns do not
+    cover the call, or at a private endpoint when the caller's tenant does not
+    own the instance; NETWORK_NOT_ALLOWED, PRIVATE_ENDPOINT_REQUIRED);
     RESOURCE_EXHAUSTED RATE_LIMITED; UNAVAILABLE (NODE_NOT_READY,
     HSM_UNAVAILABLE, UPSTREAM_UNAVAILABLE), which are safe to retry; and
     INTERNAL INTERNAL. Error reasons travel in the `keyrelay-error-reason`
@@ -395,11 +405,15 @@ class KeyManagementServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def BatchDecrypt(self, request, context):
-        """Decrypts 1-1000 ciphertext blobs in one call, possibly under different
-        keys. Per-item failures are reported in each result's `error` and do not
-        fail the call.
+        """Decrypts 1-1000 ciphertext blobs in one call, under at most 100 distinct
+        keys. Per-item failures (a malformed blob, an unknown key, a key the
+        caller's key patterns do not cover, a wrong context) are reported in each
+        result's `error` and do not fail the call. Each item counts as one request
+        against the tenant's rate limit.
         Errors of the whole call: INVALID_ARGUMENT INVALID_ARGUMENT (no items) or
-        BATCH_TOO_LARGE, plus the authentication, permission, rate and
+        BATCH_TOO_LARGE (more than 1000 items, or blobs of more than 100 distinct
+        keys); RESOURCE_EXHAUSTED RATE_LIMITED when the tenant's rate limit does
+        not have one token per item left; plus the authentication, permission and
         availability errors common to all RPCs.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -407,9 +421,9 @@ class KeyManagementServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def BatchGenerateDataKey(self, request, context):
-        """Generates 1-1000 data keys in one call, possibly under different keys.
+        """Generates 1-1000 data keys in one call, under at most 100 distinct keys.
         Per-item failures are reported in each result's `error` and do not fail
-        the call.
+        the call. Each item counts as one request against the rate limit.
         Errors of the whole call: as BatchDecrypt.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -599,10 +613,15 @@ class KeyManagementService:
     DescribeKey, ListKeys and CancelKeyDeletion fails on a PENDING_DELETION key
     with FAILED_PRECONDITION KEY_PENDING_DELETION.
 
+    Key references are resolved once, at the entry point (gateway or private
+    endpoint), checked against the caller's key patterns, and the call then
+    runs on the key they resolved to, even if an alias moves meanwhile.
+
     Any RPC may also fail with: UNAUTHENTICATED (UNAUTHENTICATED,
     CREDENTIAL_REVOKED, CREDENTIAL_EXPIRED); PERMISSION_DENIED
-    (PERMISSION_DENIED when the access point's role or key patterns do not
-    cover the call, NETWORK_NOT_ALLOWED, PRIVATE_ENDPOINT_REQUIRED);
+    (PERMISSION_DENIED when the access point's roles or key patterns do not
+    cover the call, or at a private endpoint when the caller's tenant does not
+    own the instance; NETWORK_NOT_ALLOWED, PRIVATE_ENDPOINT_REQUIRED);
     RESOURCE_EXHAUSTED RATE_LIMITED; UNAVAILABLE (NODE_NOT_READY,
     HSM_UNAVAILABLE, UPSTREAM_UNAVAILABLE), which are safe to retry; and
     INTERNAL INTERNAL. Error reasons travel in the `keyrelay-error-reason`

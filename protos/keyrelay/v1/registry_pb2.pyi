@@ -103,6 +103,18 @@ class UpdateKeyRecordResponse(_message.Message):
     record: KeyRecord
     def __init__(self, record: _Optional[_Union[KeyRecord, _Mapping]] = ...) -> None: ...
 
+class ResolveInstanceRequest(_message.Message):
+    __slots__ = ("instance_id",)
+    INSTANCE_ID_FIELD_NUMBER: _ClassVar[int]
+    instance_id: str
+    def __init__(self, instance_id: _Optional[str] = ...) -> None: ...
+
+class ResolveInstanceResponse(_message.Message):
+    __slots__ = ("instance",)
+    INSTANCE_FIELD_NUMBER: _ClassVar[int]
+    instance: _admin_pb2.Instance
+    def __init__(self, instance: _Optional[_Union[_admin_pb2.Instance, _Mapping]] = ...) -> None: ...
+
 class AuthenticateCredentialRequest(_message.Message):
     __slots__ = ("serial", "fingerprint_sha256")
     SERIAL_FIELD_NUMBER: _ClassVar[int]

@@ -102,11 +102,13 @@ class KeyRegistryServiceServicer:
 
     def ReserveKey(self, request, context):
         """Reserves a new key id (state CREATING) and its alias, before the gateway
-        creates the key on a dedicated node. Idempotent on request_id.
+        creates the key on a dedicated node. Idempotent on (tenant, request_id):
+        a retry with the same instance and alias returns the same reservation.
+        Request ids are per tenant, so no tenant learns of another's.
         Errors: ALREADY_EXISTS ALIAS_EXISTS; NOT_FOUND INSTANCE_NOT_FOUND (no such
         instance, or another tenant's); INVALID_ARGUMENT INVALID_ARGUMENT (empty
-        tenant, instance or request id, malformed alias, or a request id already
-        used by another tenant).
+        tenant, instance or request id, malformed alias, or a request id the
+        tenant already used for another instance or alias).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -334,10 +336,11 @@ class KeyRegistryService:
 
 
 class AccessRegistryServiceStub:
-    """Internal credential checks: the shared KMS node tells the gateway and the
-    private endpoints of dedicated nodes which access point a client
-    certificate belongs to and whether it is still valid. Served on the shared
-    node's internal port over mutual TLS to the gateway and to dedicated nodes.
+    """Internal lookups of the entry points: the shared KMS node tells the gateway
+    and the private endpoints of dedicated nodes which access point a client
+    certificate belongs to and whether it is still valid, and which tenant owns
+    an instance. Served on the shared node's internal port over mutual TLS to
+    the gateway and to dedicated nodes.
     """
 
     def __init__(self, channel):
@@ -351,13 +354,19 @@ class AccessRegistryServiceStub:
                 request_serializer=keyrelay_dot_v1_dot_registry__pb2.AuthenticateCredentialRequest.SerializeToString,
                 response_deserializer=keyrelay_dot_v1_dot_registry__pb2.AuthenticateCredentialResponse.FromString,
                 _registered_method=True)
+        self.ResolveInstance = channel.unary_unary(
+                '/keyrelay.v1.AccessRegistryService/ResolveInstance',
+                request_serializer=keyrelay_dot_v1_dot_registry__pb2.ResolveInstanceRequest.SerializeToString,
+                response_deserializer=keyrelay_dot_v1_dot_registry__pb2.ResolveInstanceResponse.FromString,
+                _registered_method=True)
 
 
 class AccessRegistryServiceServicer:
-    """Internal credential checks: the shared KMS node tells the gateway and the
-    private endpoints of dedicated nodes which access point a client
-    certificate belongs to and whether it is still valid. Served on the shared
-    node's internal port over mutual TLS to the gateway and to dedicated nodes.
+    """Internal lookups of the entry points: the shared KMS node tells the gateway
+    and the private endpoints of dedicated nodes which access point a client
+    certificate belongs to and whether it is still valid, and which tenant owns
+    an instance. Served on the shared node's internal port over mutual TLS to
+    the gateway and to dedicated nodes.
     """
 
     def AuthenticateCredential(self, request, context):
@@ -372,6 +381,15 @@ class AccessRegistryServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ResolveInstance(self, request, context):
+        """Returns a registered dedicated instance: the gateway routes to its nodes
+        and applies its policy; its private endpoint learns which tenant owns it.
+        Errors: NOT_FOUND INSTANCE_NOT_FOUND.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AccessRegistryServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -379,6 +397,11 @@ def add_AccessRegistryServiceServicer_to_server(servicer, server):
                     servicer.AuthenticateCredential,
                     request_deserializer=keyrelay_dot_v1_dot_registry__pb2.AuthenticateCredentialRequest.FromString,
                     response_serializer=keyrelay_dot_v1_dot_registry__pb2.AuthenticateCredentialResponse.SerializeToString,
+            ),
+            'ResolveInstance': grpc.unary_unary_rpc_method_handler(
+                    servicer.ResolveInstance,
+                    request_deserializer=keyrelay_dot_v1_dot_registry__pb2.ResolveInstanceRequest.FromString,
+                    response_serializer=keyrelay_dot_v1_dot_registry__pb2.ResolveInstanceResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -389,10 +412,11 @@ def add_AccessRegistryServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class AccessRegistryService:
-    """Internal credential checks: the shared KMS node tells the gateway and the
-    private endpoints of dedicated nodes which access point a client
-    certificate belongs to and whether it is still valid. Served on the shared
-    node's internal port over mutual TLS to the gateway and to dedicated nodes.
+    """Internal lookups of the entry points: the shared KMS node tells the gateway
+    and the private endpoints of dedicated nodes which access point a client
+    certificate belongs to and whether it is still valid, and which tenant owns
+    an instance. Served on the shared node's internal port over mutual TLS to
+    the gateway and to dedicated nodes.
     """
 
     @staticmethod
@@ -412,6 +436,33 @@ class AccessRegistryService:
             '/keyrelay.v1.AccessRegistryService/AuthenticateCredential',
             keyrelay_dot_v1_dot_registry__pb2.AuthenticateCredentialRequest.SerializeToString,
             keyrelay_dot_v1_dot_registry__pb2.AuthenticateCredentialResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ResolveInstance(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/keyrelay.v1.AccessRegistryService/ResolveInstance',
+            keyrelay_dot_v1_dot_registry__pb2.ResolveInstanceRequest.SerializeToString,
+            keyrelay_dot_v1_dot_registry__pb2.ResolveInstanceResponse.FromString,
             options,
             channel_credentials,
             insecure,
