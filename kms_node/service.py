@@ -296,11 +296,11 @@ class KeyService:
         if ref.startswith("alias/"):
             found = self._store.resolve_alias(caller.tenant_id, ref)
             if found is None:
-                raise KeyNotFoundError(f"no key has the alias {ref!r} in tenant {caller.tenant_id!r}")
+                raise AliasNotFoundError(f"no key has the alias {ref[:80]!r} in tenant {caller.tenant_id!r}")
             key_id = found
         record = self._store.get_key(key_id)
         if record is None or record.tenant_id != caller.tenant_id:
-            raise KeyNotFoundError(f"no key {ref!r} exists in tenant {caller.tenant_id!r}")
+            raise KeyNotFoundError(f"no key {ref[:80]!r} exists in tenant {caller.tenant_id!r}")
         if record.state == KeyState.CREATING:
             raise KeyStateConflictError(f"key {record.key_id} is still being created; retry shortly")
         if local:

@@ -72,7 +72,7 @@ def test_key_lifecycle(cli, kms):
     assert aliased["aliases"] == ["alias/orders", "alias/shop"]
     assert cli("alias", "delete", "alias/orders", "-o", "json").json() == {"alias": "alias/orders", "key_id": key_id}
     gone = cli("key", "describe", "alias/orders")
-    assert gone.status == 1 and "KEY_NOT_FOUND" in gone.err
+    assert gone.status == 1 and "ALIAS_NOT_FOUND" in gone.err
 
 
 def test_text_output_and_listing(cli):

@@ -54,7 +54,7 @@ CASES = {
     ),
     "unknown alias": (
         lambda kms, key: kms.encrypt("alias/nope", b"x"),
-        kr.KeyNotFoundError, grpc.StatusCode.NOT_FOUND, "alias/nope",
+        kr.AliasNotFoundError, grpc.StatusCode.NOT_FOUND, "alias/nope",
     ),
     "malformed key id": (
         lambda kms, key: kms.encrypt("not a key", b"x"),

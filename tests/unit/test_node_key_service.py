@@ -156,7 +156,7 @@ async def test_encrypt_argument_checks(service, key):
     for ref in ("", "main", key.key_id.upper()):
         with pytest.raises(InvalidArgumentError):
             await service.encrypt(A, ref, b"x", {})
-    with pytest.raises(KeyNotFoundError):
+    with pytest.raises(AliasNotFoundError):
         await service.encrypt(A, "alias/nothing", b"x", {})
     with pytest.raises(KeyNotFoundError):
         await service.encrypt(A, str(uuid.uuid4()), b"x", {})
@@ -309,7 +309,7 @@ async def test_aliases(service, key):
     assert await service.delete_alias(A, "alias/second") == key.key_id
     with pytest.raises(AliasNotFoundError):
         await service.delete_alias(A, "alias/second")
-    with pytest.raises(KeyNotFoundError):
+    with pytest.raises(AliasNotFoundError):
         await service.describe_key(A, "alias/second")
     with pytest.raises(InvalidArgumentError):
         await service.create_alias(A, "no-prefix", key.key_id)
@@ -325,20 +325,21 @@ async def test_alias_with_trailing_newline_is_refused(service):
 
 
 async def test_other_tenant_cannot_see_or_use_the_key(service, key):
-    """Tenant B gets KeyNotFoundError for A's key by id and by alias, for reads, use and changes."""
+    """Tenant B gets KeyNotFoundError for A's key by id, AliasNotFoundError by alias (B has no
+    such alias), for reads, use and changes."""
     blob = (await service.encrypt(A, key.key_id, b"A's secret", CTX)).ciphertext
-    for ref in (key.key_id, "alias/main"):
-        with pytest.raises(KeyNotFoundError):
+    for ref, error in ((key.key_id, KeyNotFoundError), ("alias/main", AliasNotFoundError)):
+        with pytest.raises(error):
             await service.describe_key(B, ref)
-        with pytest.raises(KeyNotFoundError):
+        with pytest.raises(error):
             await service.encrypt(B, ref, b"x", CTX)
-        with pytest.raises(KeyNotFoundError):
+        with pytest.raises(error):
             await service.disable_key(B, ref)
-        with pytest.raises(KeyNotFoundError):
+        with pytest.raises(error):
             await service.schedule_key_deletion(B, ref, 7)
-        with pytest.raises(KeyNotFoundError):
+        with pytest.raises(error):
             await service.rotate_key(B, ref)
-        with pytest.raises(KeyNotFoundError):
+        with pytest.raises(error):
             await service.create_alias(B, "alias/stolen", ref)
     with pytest.raises(KeyNotFoundError):
         await service.decrypt(B, blob, CTX)
@@ -436,7 +437,7 @@ async def test_purge_due_keys_with_injected_clock(service, key, clock):
     assert await service.purge_due_keys() == 1
     with pytest.raises(KeyNotFoundError):
         await service.describe_key(A, key.key_id)
-    with pytest.raises(KeyNotFoundError):
+    with pytest.raises(AliasNotFoundError):
         await service.describe_key(A, "alias/main")
     assert (await service.describe_key(A, spared.key_id)).state == KeyState.DISABLED
     assert await service.purge_due_keys() == 0
@@ -541,7 +542,7 @@ async def test_batch_generate_data_key_per_item_errors(service, key):
     assert (await service.decrypt(A, results[0].ciphertext, CTX)).plaintext == results[0].plaintext
     assert isinstance(results[1], InvalidArgumentError)
     assert isinstance(results[2], InvalidArgumentError)
-    assert isinstance(results[3], KeyNotFoundError)
+    assert isinstance(results[3], AliasNotFoundError)
     assert isinstance(results[4], KeyDisabledError)
     assert isinstance(results[5], InvalidEncryptionContextError)
     assert len(results[6].plaintext) == 64 and results[6].key_id == key.key_id
