@@ -83,7 +83,8 @@ def _roles(roles: str | Sequence[str]) -> list[int]:
 
 
 class AdminClient(ServiceClient):
-    """A synchronous client of `keyrelay.v1.AdminService` (the gateway; needs an admin credential).
+    """A synchronous client of `keyrelay.v1.AdminService` (the gateway): instances need a credential
+    with role `key-admin`, access points and credentials one with `access-admin`.
 
     Args: as `KmsClient`: `target`, `tenant`, `timeout`, `channel`, `credentials`, `profile`;
     with none of target, channel and profile it reads the default profile.

@@ -268,15 +268,16 @@ class CallGuard:
                 )
             else:
                 pending.setdefault(ref.ref, ref)
-        limit = asyncio.Semaphore(RESOLVE_CONCURRENCY)
-
-        async def one(ref: KeyRef) -> None:
-            async with limit:
-                try:
+        async def one(ref: KeyRef, limit: asyncio.Semaphore | None = None) -> None:
+            try:
+                if limit is None:
                     key = await resolve(call, ref.ref)
-                except KeyrelayError as exc:
-                    outcome[ref.ref] = exc
-                    return
+                else:
+                    async with limit:
+                        key = await resolve(call, ref.ref)
+            except KeyrelayError as exc:
+                outcome[ref.ref] = exc
+                return
             if ref.kind is RefKind.ALIAS:
                 denial = policy.check_name(principal, ref.ref)
             else:
@@ -288,10 +289,11 @@ class CallGuard:
                 outcome[ref.ref] = key
                 call.key_ids.append(key.key_id)
 
-        if len(pending) == 1:
+        if len(pending) == 1:  # the common case: no semaphore, no tasks
             await one(next(iter(pending.values())))
         elif pending:
-            await asyncio.gather(*(one(ref) for ref in pending.values()))
+            limit = asyncio.Semaphore(RESOLVE_CONCURRENCY)
+            await asyncio.gather(*(one(ref, limit) for ref in pending.values()))
         return Resolved(outcome)
 
     def _audit(self, call: Call, route: str, status: str, reason: str) -> None:

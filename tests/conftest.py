@@ -39,6 +39,12 @@ def _require_softhsm() -> str:
         pytest.skip(f"SoftHSM2 is not installed ({exc}); `make test` installs it")
 
 
+@pytest.fixture(scope="session")
+def softhsm() -> str:
+    """The SoftHSM2 module's path (fails under CI, skips elsewhere, when it is not installed)."""
+    return _require_softhsm()
+
+
 @pytest.fixture
 def hsm_pool_tokens():
     """Two fresh SoftHSM tokens provisioned with one domain key: (module, labels, pin)."""

@@ -126,11 +126,11 @@ class InProcessCluster:
         dedicated_cert = self._issue(internal, f"keyrelay-node-{self.instance_id}", server=True, client=True)
         private_cert = self._issue(kms, "private-endpoint", server=True, client=False)
         self.private_audit = self.root / "private-audit.log"
-        private = PrivateEndpointConfig(
-            listen="127.0.0.1:0", cert=private_cert[0], key=private_cert[1], client_ca=kms_ca,
-            registry_nodes=(self.shared_target,), credential_cache_seconds=5, audit_path=str(self.private_audit),
-            requests_per_second=0, **self._private_settings,
-        )
+        private = PrivateEndpointConfig(**{
+            "listen": "127.0.0.1:0", "cert": private_cert[0], "key": private_cert[1], "client_ca": kms_ca,
+            "registry_nodes": (self.shared_target,), "credential_cache_seconds": 5,
+            "audit_path": str(self.private_audit), "requests_per_second": 0, **self._private_settings,
+        })
         dedicated_config = NodeConfig(
             mode="dedicated", instance_id=self.instance_id, listen="127.0.0.1:0", shutdown_grace_seconds=1,
             hsm=self._pool("dedicated"), store=StoreConfig(path=str(self.root / "dedicated.db")),
@@ -141,7 +141,8 @@ class InProcessCluster:
         self.dedicated_target = f"127.0.0.1:{dedicated_port}"
         self.private_target = f"127.0.0.1:{self.dedicated.private_port}"
 
-        gateway_client = self._issue(internal, GATEWAY_CN, server=False, client=True)
+        self.gateway_client = gateway_client = self._issue(internal, GATEWAY_CN, server=False, client=True)
+        self.internal_ca = internal_ca
         gateway_server = self._issue(kms, "gateway", server=True, client=False)
         self.audit = self.root / "audit.log"
         settings = {"rate_limit": RateLimitConfig(0, 1), "credential_cache_seconds": 5, **self._gateway_settings}
@@ -167,6 +168,12 @@ class InProcessCluster:
             thread.stop(server)
 
     # -- clients ----------------------------------------------------------------------------
+
+    def internal_channel(self, target: str) -> grpc.Channel:
+        """A channel to a node's internal port with the gateway's own certificate (what only the
+        gateway, or whoever stole its key, can open)."""
+        cert, key = (Path(p).read_bytes() for p in self.gateway_client)
+        return grpc.secure_channel(target, channel_credentials_from_pem(Path(self.internal_ca).read_bytes(), cert, key))
 
     def admin(self, credentials: Credentials | None = None, zone: str = "public") -> AdminClient:
         """An AdminClient at a gateway zone (the bootstrap operator's credential by default)."""
