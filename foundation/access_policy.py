@@ -15,14 +15,16 @@ keyrelay error to raise.
 
 `RULES` is the table (the README's role table is tested against it).
 
-**Checks of a request**, in this order; the first that fails decides:
+**Checks of a request**, in this order, after the entry point charged the caller's tenant its
+rate limit; the first that fails decides:
 
 1. `check_call`: the access point's zones and CIDRs; at a private endpoint, that the caller's
    tenant owns the instance and that the method is one a private endpoint serves; the role;
    the operator property for global methods;
-2. (the entry point's rate limit, then key resolution);
-3. `check_key` / `check_name` for every key the request names (`foundation.key_refs`);
-4. `check_route` at the gateway, for a key of a dedicated instance: the instance's management
+2. `check_name` for an alias the request creates (`foundation.key_refs`), then, once the entry
+   point resolved them, `check_key` (or `check_name` for an alias it removes) for every key the
+   request names;
+3. `check_route` at the gateway, for a key of a dedicated instance: the instance's management
    zones, and whether it allows cryptography through the gateway.
 
 **AdminService targets** (`check_tenant`, `check_grant`): a caller acts on its own tenant only,
@@ -221,6 +223,14 @@ class Denial:
         raise self.error
 
 
+def shown(items: Iterable[str], *, most: int = 5, width: int = 80) -> str:
+    """A list of names for a message: the first few, each truncated (access points hold up to
+    100 patterns, and a message must stay readable and bounded)."""
+    items = list(items)
+    text = ", ".join(item[:width] for item in items[:most]) or "none"
+    return text + (f" and {len(items) - most} more" if len(items) > most else "")
+
+
 def enforce(denial: Denial | None) -> None:
     """Raise the denial's error, if any."""
     if denial is not None:
@@ -322,14 +332,14 @@ def check_call(principal: Principal, entry: Entry, method: str) -> Denial | None
     rule = RULES.get(method)
     if principal.allowed_zones and entry.zone not in principal.allowed_zones:
         return Denial("network", NetworkNotAllowedError(
-            f"access point {principal.name!r} may be used only from zone(s) {', '.join(principal.allowed_zones)}; "
+            f"access point {principal.name!r} may be used only from zone(s) {shown(principal.allowed_zones)}; "
             f"this request came in on zone {entry.zone!r}"
         ))
     if principal.allowed_cidrs and (
         entry.peer is None or not any(entry.peer in net for net in _networks(principal.allowed_cidrs))
     ):
         return Denial("network", NetworkNotAllowedError(
-            f"access point {principal.name!r} may be used only from {', '.join(principal.allowed_cidrs)}; "
+            f"access point {principal.name!r} may be used only from {shown(principal.allowed_cidrs)}; "
             f"this request came from {entry.peer or 'an unknown address'}"
         ))
     if entry.private:
@@ -370,8 +380,8 @@ def check_key(principal: Principal, key_id: str, aliases: Iterable[str] = (), *,
     if key_matches(principal.key_patterns, key_id, aliases):
         return None
     return Denial("key", PermissionDeniedError(
-        f"access point {principal.name!r} may not use key {shown_as or key_id}: it is not covered by its "
-        f"key patterns ({', '.join(principal.key_patterns) or 'none'})"
+        f"access point {principal.name!r} may not use key {(shown_as or key_id)[:80]}: it is not covered by its "
+        f"key patterns ({shown(principal.key_patterns)})"
     ))
 
 
@@ -380,10 +390,10 @@ def check_name(principal: Principal, name: str) -> Denial | None:
     without an alias, known only by its id: that takes a pattern covering every key (`*`)."""
     if any(glob_match(pattern, name) for pattern in principal.key_patterns):
         return None
-    shown = f"alias {name}" if name else "a key without an alias (that takes the key pattern '*')"
+    what = f"alias {name[:80]}" if name else "a key without an alias (that takes the key pattern '*')"
     return Denial("key", PermissionDeniedError(
-        f"access point {principal.name!r} may not create or remove {shown}: it is not covered by its key "
-        f"patterns ({', '.join(principal.key_patterns) or 'none'})"
+        f"access point {principal.name!r} may not create or remove {what}: it is not covered by its key "
+        f"patterns ({shown(principal.key_patterns)})"
     ))
 
 
@@ -452,12 +462,11 @@ def _escalation(holder: Powers, target: Powers, action: str) -> Denial | None:
         problems.append(f"with role(s) {', '.join(sorted_roles(extra))} it does not hold")
     uncovered = [p for p in target.key_patterns if not any(pattern_covers(g, p) for g in holder.key_patterns)]
     if uncovered:
-        problems.append(f"with key pattern(s) {', '.join(p[:80] for p in uncovered[:5])} outside its own "
-                        f"({', '.join(holder.key_patterns) or 'none'})")
+        problems.append(f"with key pattern(s) {shown(uncovered)} outside its own ({shown(holder.key_patterns)})")
     if not zones_cover(holder.allowed_zones, target.allowed_zones):
-        problems.append(f"usable from zones beyond its own ({', '.join(holder.allowed_zones)})")
+        problems.append(f"usable from zones beyond its own ({shown(holder.allowed_zones)})")
     if not cidrs_cover(holder.allowed_cidrs, target.allowed_cidrs):
-        problems.append(f"usable from addresses beyond its own ({', '.join(holder.allowed_cidrs)})")
+        problems.append(f"usable from addresses beyond its own ({shown(holder.allowed_cidrs)})")
     if not problems:
         return None
     return Denial("escalation", PermissionDeniedError(f"{who} {what} {'; '.join(problems)}: {rule}"))

@@ -1,9 +1,9 @@
 """The envelope of every KMS request at an entry point (a gateway listener, a private endpoint).
 
 `CallGuard.serve` runs one call: the client certificate becomes its access point
-(`CredentialVerifier`), the authorization module decides on the call (`access_policy.check_call`),
-the tenant's rate limit is charged (one token per item of a batch), the handler runs, and one
-hash-chained audit record is written whatever the outcome. `resolve_refs` resolves the keys a
+(`CredentialVerifier`), the tenant's rate limit is charged (one token per item of a batch, refused
+calls included), the authorization module decides on the call (`access_policy.check_call`), the
+handler runs, and one hash-chained audit record is written whatever the outcome. `resolve_refs` resolves the keys a
 request names, a bounded number at a time, and checks each against the caller's key patterns.
 The gateway and the private endpoints differ only in how they resolve a key and where they send
 the call, so neither keeps an authorization rule of its own.
@@ -27,7 +27,7 @@ from foundation.errors import (
     KeyrelayError,
     ResourceExhaustedError,
 )
-from foundation.key_refs import BATCH_METHODS, KeyRef, RefKind
+from foundation.key_refs import BATCH_METHODS, KeyRef, RefKind, check_alias, check_ref
 from foundation.logsetup import request_id_var
 from foundation.metrics import route_var
 from foundation.ratelimit import TokenBucketLimiter
@@ -206,10 +206,11 @@ class CallGuard:
             call.principal = await self.verifier.principal(
                 peer_certificate(context), [(REQUEST_ID_METADATA_KEY, call.request_id)]
             )
+            # Charged before the checks: a refused call costs its tenant as much as an allowed one.
+            self.charge(call, batch_cost(method, request))
             if self._instance_id:
                 call.entry = policy.Entry(call.entry.zone, address, self._instance_id, await self._instance_tenant(call))
             call.enforce(policy.check_call(call.principal, call.entry, method))
-            self.charge(call, batch_cost(method, request))
             return await handler(call, request)
         except KeyrelayError as exc:
             status, reason = exc.code.name, exc.reason
@@ -242,10 +243,12 @@ class CallGuard:
 
     @staticmethod
     def check_new_names(call: Call, refs: Iterable[KeyRef]) -> None:
-        """Refuse an alias the caller creates that its key patterns do not cover (CreateKey without
-        an alias names "", which takes a pattern covering every key)."""
+        """Refuse a malformed alias the caller creates, and one its key patterns do not cover
+        (CreateKey without an alias names "", which takes a pattern covering every key)."""
         for ref in refs:
             if ref.kind is RefKind.NEW_NAME:
+                if ref.ref or ref.required:
+                    check_alias(ref.ref)
                 call.enforce(policy.check_name(call.principal, ref.ref))
 
     async def resolve_refs(
@@ -260,12 +263,13 @@ class CallGuard:
         outcome: dict[str, KeyView | KeyrelayError] = {}
         pending: dict[str, KeyRef] = {}
         for ref in refs:
-            if ref.kind is RefKind.NEW_NAME or ref.error is not None:
+            if ref.kind is RefKind.NEW_NAME or ref.error is not None or ref.ref in outcome:
                 continue
-            if not ref.ref:
-                outcome[""] = InvalidArgumentError(
-                    f"{ref.field} is required: give a key id (UUID) or an alias 'alias/NAME'"
-                )
+            try:
+                # A malformed reference is refused here: it costs no lookup upstream.
+                check_ref(ref.ref, ref.field)
+            except InvalidArgumentError as exc:
+                outcome[ref.ref] = exc
             else:
                 pending.setdefault(ref.ref, ref)
         async def one(ref: KeyRef, limit: asyncio.Semaphore | None = None) -> None:

@@ -18,11 +18,41 @@ code: requests are read through their field names.
 from __future__ import annotations
 
 import enum
+import re
+import uuid
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
 from foundation.blob_formats import peek_key_id
-from foundation.errors import KeyrelayError
+from foundation.errors import InvalidArgumentError, KeyrelayError
+
+_ALIAS = re.compile(r"^alias/[A-Za-z0-9/_-]{1,250}$")
+
+
+def is_uuid(text: str) -> bool:
+    """Whether `text` is a lower-case UUID (the form of every key id)."""
+    try:
+        return str(uuid.UUID(text)) == text
+    except ValueError:
+        return False
+
+
+def check_ref(ref: str, field: str = "key_id") -> None:
+    """InvalidArgumentError unless `ref` is a key id or an alias."""
+    if not ref:
+        raise InvalidArgumentError(f"{field} is required: give a key id (UUID) or an alias 'alias/NAME'")
+    if not (is_uuid(ref) or _ALIAS.fullmatch(ref)):
+        raise InvalidArgumentError(
+            f"{field} {ref[:80]!r} is neither a key id (lower-case UUID) nor an alias 'alias/NAME'"
+        )
+
+
+def check_alias(alias: str) -> None:
+    """InvalidArgumentError unless `alias` is `alias/` and 1-250 of A-Z a-z 0-9 / _ -."""
+    if not _ALIAS.fullmatch(alias):
+        raise InvalidArgumentError(
+            f"alias {alias[:80]!r} must be 'alias/' followed by 1-250 of A-Z a-z 0-9 / _ -"
+        )
 
 
 class RefKind(enum.Enum):
@@ -38,7 +68,7 @@ class KeyRef:
 
     `ref` is the key id or alias ('' when a blob is malformed, with the reason in `error`, or when
     the field is empty); `field` the request field holding it (dotted for nested fields); `item`
-    the index in `items` for a batch.
+    the index in `items` for a batch; `required` False for a name that may be left out.
     """
 
     kind: RefKind
@@ -46,6 +76,7 @@ class KeyRef:
     field: str
     item: int | None = None
     error: KeyrelayError | None = None
+    required: bool = True
 
     @property
     def resolves(self) -> bool:
@@ -84,7 +115,7 @@ def _none(request: Any) -> list[KeyRef]:
 #: Method name -> the key references of a request of that method. Every KeyManagementService
 #: method is here (AdminService names no keys).
 KEY_REFS: dict[str, Callable[[Any], list[KeyRef]]] = {
-    "CreateKey": lambda r: [KeyRef(RefKind.NEW_NAME, r.alias, "alias")],
+    "CreateKey": lambda r: [KeyRef(RefKind.NEW_NAME, r.alias, "alias", required=False)],
     "DescribeKey": _key("key_id"),
     "ListKeys": _none,
     "EnableKey": _key("key_id"),

@@ -8,14 +8,17 @@ shared node keeps its keys and its control plane in one file).
 
 from __future__ import annotations
 
+import random
 import sqlite3
 import threading
+import time
 from pathlib import Path
 from typing import Callable, Sequence, TypeVar
 
 from foundation.migrations import apply_migrations
 
 T = TypeVar("T")
+_WAL_ATTEMPTS = 100
 
 
 class SqliteDatabase:
@@ -52,13 +55,28 @@ class SqliteDatabase:
         conn = getattr(self._local, "conn", None)
         if conn is None:
             conn = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
-            conn.execute("PRAGMA journal_mode=WAL")
+            self._enter_wal(conn)
             conn.execute("PRAGMA synchronous=FULL")
             conn.execute("PRAGMA foreign_keys=ON")
             self._local.conn = conn
             with self._lock:
                 self._all.append(conn)
         return conn
+
+    @staticmethod
+    def _enter_wal(conn: sqlite3.Connection) -> None:
+        """Switch the file to WAL mode (a no-op once it is). The switch wants an exclusive lock,
+        and SQLite answers "database is locked" at once, without waiting, when that could
+        deadlock with another connection's transaction (replicas opening a new file together):
+        so try again for a few seconds."""
+        for attempt in range(_WAL_ATTEMPTS):
+            try:
+                conn.execute("PRAGMA journal_mode=WAL")
+                return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or attempt + 1 == _WAL_ATTEMPTS:
+                    raise
+                time.sleep(0.05 + 0.05 * random.random())
 
     def write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         """Run `fn(conn)` in one BEGIN IMMEDIATE transaction: committed if it returns, rolled back

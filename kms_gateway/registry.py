@@ -25,6 +25,8 @@ from keyrelay.v1 import kms_pb2, registry_pb2
 _REGISTRY = "/keyrelay.v1.KeyRegistryService/"
 _RESOLVE_INSTANCE = "/keyrelay.v1.AccessRegistryService/ResolveInstance"
 _MAX_ENTRIES = 100_000
+#: Made-up references are cheap to send: fewer of them are remembered.
+_MAX_MISSING = 20_000
 #: State names of the registry, as the protos spell them without their prefix.
 STATE_NAMES = {value: name.removeprefix("KEY_STATE_") for name, value in kms_pb2.KeyState.items()}
 
@@ -81,9 +83,10 @@ def _instance_route(instance) -> InstanceRoute:
 class _TtlCache:
     """A bounded LRU of values that expire `ttl` seconds after they were stored."""
 
-    def __init__(self, ttl: float, clock: Callable[[], float]) -> None:
+    def __init__(self, ttl: float, clock: Callable[[], float], max_entries: int = _MAX_ENTRIES) -> None:
         self.ttl = ttl
         self._clock = clock
+        self._max_entries = max_entries
         self._items: OrderedDict[tuple, tuple[float, object]] = OrderedDict()
 
     def get(self, key: tuple):
@@ -98,7 +101,7 @@ class _TtlCache:
             return
         self._items[key] = (self._clock() + self.ttl, value)
         self._items.move_to_end(key)
-        if len(self._items) > _MAX_ENTRIES:
+        if len(self._items) > self._max_entries:
             self._items.popitem(last=False)
 
     def drop(self, predicate: Callable[[tuple, object], bool]) -> None:
@@ -128,7 +131,7 @@ class Registry:
     ) -> None:
         self._shared = shared
         self._records = _TtlCache(ttl, clock)
-        self._missing = _TtlCache(negative_ttl, clock)
+        self._missing = _TtlCache(negative_ttl, clock, _MAX_MISSING)
         self._instances = _TtlCache(ttl, clock)
         self._timeout = timeout
         self._on_lookup = on_lookup or (lambda hit: None)
@@ -148,14 +151,14 @@ class Registry:
             return cached
         missing = self._missing.get((tenant_id, ref))
         if missing is not None:
-            raise type(missing)(missing.message)
+            raise missing[0](missing[1])
         try:
             reply = await self._call(
                 _REGISTRY + "ResolveKey", registry_pb2.ResolveKeyRequest(tenant_id=tenant_id, key_ref=ref),
                 registry_pb2.ResolveKeyResponse, metadata, None,
             )
         except (KeyNotFoundError, AliasNotFoundError) as exc:
-            self._missing.put((tenant_id, ref), exc)
+            self._missing.put((tenant_id, ref), (type(exc), exc.message))
             raise
         route = _key_route(reply.record)
         # A key still being created is not cached: its state is about to change elsewhere.

@@ -23,6 +23,7 @@ from foundation.call_guard import Call, CallGuard, check_batch_keys
 from foundation.errors import KeyrelayError, NodeNotReadyError
 from foundation.key_refs import BATCH_METHODS, key_refs, with_key_ids
 from foundation.upstream import ReplicaSet
+from foundation.wire import REQUEST_ID_METADATA_KEY
 from keyrelay.v1 import kms_pb2, kms_pb2_grpc, registry_pb2
 from kms_node.service import Caller
 from kms_node.servicer import KeyManagementServicer, caller_tenant_var
@@ -62,7 +63,7 @@ class PrivateEndpointServicer(kms_pb2_grpc.KeyManagementServiceServicer):
             _RESOLVE_INSTANCE,
             registry_pb2.ResolveInstanceRequest(instance_id=self._instance_id),
             registry_pb2.ResolveInstanceResponse,
-            metadata=[("x-request-id", call.request_id)],
+            metadata=[(REQUEST_ID_METADATA_KEY, call.request_id)],
             timeout=call.remaining(5.0),
             idempotent=True,
         )

@@ -42,6 +42,7 @@ from foundation.errors import (
     PayloadTooLargeError,
     SealedRecordMismatchError,
 )
+from foundation.key_refs import check_alias, check_ref, is_uuid  # noqa: F401 - the node's, too
 from foundation.store_workers import StoreWorkers
 from foundation.wire import MAX_BATCH_ITEMS
 from kms_node.hsm.backend import HsmAuthenticationFailed, HsmBackend, HsmSession, KeyVersionRef
@@ -65,7 +66,6 @@ MIN_DELETION_DAYS, MAX_DELETION_DAYS, DEFAULT_DELETION_DAYS = 7, 30, 30
 DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE = 100, 1000
 MAX_TAGS, MAX_TAG_KEY, MAX_TAG_VALUE, MAX_DESCRIPTION = 50, 128, 256, 1024
 KEY_SPEC_AES_256 = "AES_256"
-_ALIAS = re.compile(r"^alias/[A-Za-z0-9/_-]{1,250}$")
 _USER_ID = re.compile(r"^[a-z0-9._-]{1,64}$")
 _SEALED_DEK_CONTEXT = contexts.encode({"keyrelay:purpose": "sealed-public-key"})
 _SEALED_FORMAT = 1
@@ -143,30 +143,6 @@ def decode_page_token(token: str, arity: int) -> list:
     if not isinstance(position, list) or len(position) != arity:
         raise InvalidArgumentError("page_token is not one this service issued; start again without it")
     return position
-
-
-def is_uuid(text: str) -> bool:
-    """Whether `text` is a lower-case UUID (the form of every key id)."""
-    try:
-        return str(uuid.UUID(text)) == text
-    except ValueError:
-        return False
-
-
-def check_ref(ref: str) -> None:
-    if not ref:
-        raise InvalidArgumentError("key_id is required: give a key id (UUID) or an alias 'alias/NAME'")
-    if not (is_uuid(ref) or _ALIAS.fullmatch(ref)):
-        raise InvalidArgumentError(
-            f"key_id {ref[:80]!r} is neither a key id (lower-case UUID) nor an alias 'alias/NAME'"
-        )
-
-
-def check_alias(alias: str) -> None:
-    if not _ALIAS.fullmatch(alias):
-        raise InvalidArgumentError(
-            f"alias {alias[:80]!r} must be 'alias/' followed by 1-250 of A-Z a-z 0-9 / _ -"
-        )
 
 
 def _check_context(context: Mapping[str, str]) -> bytes:

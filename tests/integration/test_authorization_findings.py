@@ -148,6 +148,11 @@ def test_a_private_endpoint_serves_only_its_tenant_with_limits_and_audit(cluster
     with KmsClient(cluster.private_target, credentials=other.bundle, timeout=30) as stranger:
         with pytest.raises(PermissionDeniedError, match="does not own dedicated instance 'acme-vault'"):
             stranger.generate_random(16)
+        # Refused calls are charged too, so a stranger cannot hammer the endpoint for free.
+        with pytest.raises(ResourceExhaustedError, match="rate limit"):
+            for _ in range(100):
+                with pytest.raises(PermissionDeniedError):
+                    stranger.generate_random(16)
     with KmsClient(cluster.private_target, credentials=own.bundle, timeout=30) as owner:
         assert len(owner.generate_random(16)) == 16
         with pytest.raises(ResourceExhaustedError, match="rate limit"):
@@ -224,6 +229,24 @@ def test_a_batch_of_made_up_keys_costs_its_size_and_a_bounded_number_of_lookups(
             assert seen["calls"] == before  # "no such key" is remembered
             with pytest.raises(ResourceExhaustedError):
                 flood.batch_decrypt(items)  # 2500 tokens: two batches of 1000 and not a third
+    finally:
+        restore()
+
+
+def test_malformed_references_and_names_cost_no_lookup_and_are_not_echoed(cluster):
+    seen, restore = _count_resolutions(cluster)
+    try:
+        _, creds = access_point(cluster, "hostile", ["admin"], ["alias/h-*"])
+        with kms(cluster, creds, private=False) as hostile:
+            results = hostile.batch_generate_data_key([(f"x{n}", 16, {}) for n in range(MAX_BATCH_KEYS)])
+            assert all(isinstance(r.error, InvalidArgumentError) for r in results)
+            huge = "alias/" + "h" * 100_000
+            for call in (lambda: hostile.create_key(alias=huge), lambda: hostile.create_alias(huge, str(uuid.uuid4())),
+                         lambda: hostile.encrypt(huge, b"x"), lambda: hostile.create_alias("", str(uuid.uuid4()))):
+                with pytest.raises(InvalidArgumentError) as caught:
+                    call()
+                assert len(caught.value.message) < 300
+        assert seen["calls"] == 0
     finally:
         restore()
 
