@@ -42,7 +42,7 @@ import functools
 import ipaddress
 import re
 from dataclasses import dataclass
-from typing import Iterable, Protocol
+from typing import Iterable, Protocol, TypeVar
 
 from foundation.errors import (
     InvalidArgumentError,
@@ -58,6 +58,7 @@ ROLES = (KEY_ADMIN, ACCESS_ADMIN, CRYPTO_USER, MESSAGING_USER)
 #: `admin` stands for every role (what an administrator could do before roles were split).
 ADMIN = "admin"
 ALL_ROLES = frozenset(ROLES)
+T = TypeVar("T")
 
 # Kinds of method: what an entry point does with them.
 KEY_MANAGEMENT, KEY_READ, CRYPTO = "key-management", "key-read", "crypto"
@@ -70,36 +71,32 @@ PRIVATE_ENDPOINT_KINDS = frozenset({KEY_READ, CRYPTO})
 class MethodRule:
     """Who may call one RPC: any of `roles`; with `operator_only`, only an operator."""
 
-    service: str
     kind: str
     roles: frozenset[str]
     operator_only: bool = False
 
 
-def _rules(service: str, kind: str, roles: Iterable[str], methods: str, operator_only: bool = False) -> dict:
-    return {m: MethodRule(service, kind, frozenset(roles), operator_only) for m in methods.split()}
+def _rules(kind: str, roles: Iterable[str], methods: str, operator_only: bool = False) -> dict:
+    return {m: MethodRule(kind, frozenset(roles), operator_only) for m in methods.split()}
 
 
-_KMS, _ADMIN_SERVICE = "KeyManagementService", "AdminService"
 #: Method name -> rule, for every RPC of KeyManagementService and AdminService.
 RULES: dict[str, MethodRule] = {
-    **_rules(_KMS, KEY_MANAGEMENT, [KEY_ADMIN],
+    **_rules(KEY_MANAGEMENT, [KEY_ADMIN],
              "CreateKey EnableKey DisableKey ScheduleKeyDeletion CancelKeyDeletion RotateKey UpdateKey "
              "CreateAlias DeleteAlias"),
-    **_rules(_KMS, KEY_READ, [KEY_ADMIN, CRYPTO_USER, MESSAGING_USER], "DescribeKey"),
-    **_rules(_KMS, KEY_READ, [KEY_ADMIN, CRYPTO_USER], "ListKeys"),
-    **_rules(_KMS, CRYPTO, [CRYPTO_USER],
+    **_rules(KEY_READ, [KEY_ADMIN, CRYPTO_USER, MESSAGING_USER], "DescribeKey"),
+    **_rules(KEY_READ, [KEY_ADMIN, CRYPTO_USER], "ListKeys"),
+    **_rules(CRYPTO, [CRYPTO_USER],
              "Encrypt Decrypt ReEncrypt GenerateDataKey GenerateDataKeyWithoutPlaintext BatchDecrypt "
              "BatchGenerateDataKey GenerateRandom"),
-    **_rules(_KMS, CRYPTO, [MESSAGING_USER], "SealPublicKey OpenPublicKey"),
-    **_rules(_ADMIN_SERVICE, INSTANCES, [KEY_ADMIN], "RegisterInstance", operator_only=True),
-    **_rules(_ADMIN_SERVICE, INSTANCES, [KEY_ADMIN, ACCESS_ADMIN], "DescribeInstance ListInstances"),
-    **_rules(_ADMIN_SERVICE, ACCESS, [ACCESS_ADMIN],
+    **_rules(CRYPTO, [MESSAGING_USER], "SealPublicKey OpenPublicKey"),
+    **_rules(INSTANCES, [KEY_ADMIN], "RegisterInstance", operator_only=True),
+    **_rules(INSTANCES, [KEY_ADMIN, ACCESS_ADMIN], "DescribeInstance ListInstances"),
+    **_rules(ACCESS, [ACCESS_ADMIN],
              "CreateAccessPoint DescribeAccessPoint ListAccessPoints DeleteAccessPoint IssueCredential "
              "ListCredentials RevokeCredential"),
 }
-#: Key lifecycle RPCs (the "management requests" a dedicated instance's zones apply to).
-MANAGEMENT_METHODS = frozenset(m for m, r in RULES.items() if r.kind in (KEY_MANAGEMENT, KEY_READ))
 #: Cryptographic RPCs: on a dedicated key they belong at the instance's private endpoint.
 CRYPTO_METHODS = frozenset(m for m, r in RULES.items() if r.kind == CRYPTO)
 
@@ -171,19 +168,6 @@ class Principal:
 
 
 @dataclass(frozen=True, slots=True)
-class Grant:
-    """The powers of an access point an AdminService call creates or acts on."""
-
-    tenant_id: str
-    roles: frozenset[str]
-    key_patterns: tuple[str, ...] = ()
-    allowed_zones: tuple[str, ...] = ()
-    allowed_cidrs: tuple[str, ...] = ()
-    operator: bool = False
-    name: str = ""
-
-
-@dataclass(frozen=True, slots=True)
 class Entry:
     """Where a request arrived: its network zone and peer address, and for a private endpoint the
     instance it serves and the tenant that owns it (empty at the gateway)."""
@@ -218,9 +202,6 @@ class Denial:
     @property
     def reason(self) -> str:
         return self.error.reason
-
-    def raise_(self) -> None:
-        raise self.error
 
 
 def shown(items: Iterable[str], *, most: int = 5, width: int = 80) -> str:
@@ -289,13 +270,6 @@ def pattern_covers(general: str, specific: str) -> bool:
     return glob_match(general, specific)
 
 
-def patterns_cover(general: Iterable[str], specific: Iterable[str]) -> bool:
-    """Whether every pattern of `specific` is covered by some pattern of `general` (for `*`-only
-    patterns this is also what it takes for the union of one to include the union of the other)."""
-    general = tuple(general)
-    return all(any(pattern_covers(g, s) for g in general) for s in specific)
-
-
 @functools.lru_cache(maxsize=4096)
 def _networks(cidrs: tuple[str, ...]) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
     return tuple(ipaddress.ip_network(cidr, strict=False) for cidr in cidrs)
@@ -316,12 +290,6 @@ def cidrs_cover(general: tuple[str, ...], specific: tuple[str, ...]) -> bool:
 def zones_cover(general: tuple[str, ...], specific: tuple[str, ...]) -> bool:
     """Whether every zone `specific` allows, `general` allows (an empty list allows any)."""
     return not general or (bool(specific) and set(specific) <= set(general))
-
-
-def covers(holder: Powers, target: Powers) -> bool:
-    """Whether `target`'s powers are within `holder`'s: tenant (unless an operator), operator
-    property, roles, key patterns, zones and CIDRs."""
-    return _escalation(holder, target, "") is None
 
 
 # -- the checks of a request ------------------------------------------------------------------
@@ -436,24 +404,14 @@ def check_tenant(principal: Principal, tenant_id: str) -> Denial | None:
     ))
 
 
-def check_grant(principal: Principal, target: Powers, *, action: str = "create") -> Denial | None:
+def check_grant(holder: Principal, target: Powers, *, action: str = "create") -> Denial | None:
     """Whether the principal may `action` (create, delete, issue a credential to, revoke a
-    credential of) an access point with `target`'s powers: the non-escalation rule."""
-    return _escalation(principal, target, action)
-
-
-def _escalation(holder: Powers, target: Powers, action: str) -> Denial | None:
-    who = f"access point {getattr(holder, 'name', '')!r}"
-    what = f"may not {action} an access point" if action else "does not cover an access point"
-    rule = (
-        "an access point creates, deletes and issues or revokes credentials only for access points within "
-        "its own roles, key patterns, zones and CIDRs"
-    )
-    if not sees(holder, target.tenant_id):
-        return Denial("tenant", PermissionDeniedError(
-            f"{who} administers tenant {holder.tenant_id!r}, not {target.tenant_id[:70]!r}; use a credential of "
-            "that tenant, or ask your KMS operator"
-        ))
+    credential of) an access point with `target`'s powers: the non-escalation rule (its tenant,
+    and roles, key patterns, zones and CIDRs within the principal's; operator only from an
+    operator)."""
+    tenant = check_tenant(holder, target.tenant_id)
+    if tenant is not None:
+        return tenant
     problems = []
     if target.operator and not holder.operator:
         problems.append("with the operator property (only an operator grants it)")
@@ -469,7 +427,17 @@ def _escalation(holder: Powers, target: Powers, action: str) -> Denial | None:
         problems.append(f"usable from addresses beyond its own ({shown(holder.allowed_cidrs)})")
     if not problems:
         return None
-    return Denial("escalation", PermissionDeniedError(f"{who} {what} {'; '.join(problems)}: {rule}"))
+    return Denial("escalation", PermissionDeniedError(
+        f"access point {holder.name!r} may not {action} an access point {'; '.join(problems)}: an access point "
+        "creates, deletes and issues or revokes credentials only for access points within its own roles, key "
+        "patterns, zones and CIDRs"
+    ))
+
+
+def visible_keys(principal: Principal, keys: Iterable[T]) -> list[T]:
+    """The keys (anything with `key_id` and `aliases`) the principal's key patterns cover: what
+    ListKeys shows it."""
+    return [key for key in keys if key_matches(principal.key_patterns, key.key_id, key.aliases)]
 
 
 def zone_for(listener_zone: str, peer_ip: ipaddress._BaseAddress | None, zone_cidrs: dict[str, tuple[str, ...]]) -> str:

@@ -72,10 +72,6 @@ class Call:
     def tenant(self) -> str:
         return self.principal.tenant_id if self.principal else ""
 
-    @property
-    def zone(self) -> str:
-        return self.entry.zone
-
     def metadata(self) -> list[tuple[str, str]]:
         """Metadata for an upstream call made on behalf of this request: its request id and tenant."""
         metadata = [(REQUEST_ID_METADATA_KEY, self.request_id)]
@@ -96,6 +92,12 @@ class Call:
         if self.deadline is None:
             return default
         return max(0.0, self.deadline - time.monotonic())
+
+    def note_version(self, response: Any) -> None:
+        """Remember the key version a response names (for the audit record)."""
+        version = getattr(response, "key_version", 0) or getattr(response, "new_version", 0)
+        if version:
+            self.key_version = version
 
     def enforce(self, denial: policy.Denial | None) -> None:
         """Raise a denial's error, remembering which rule refused (for the audit record)."""
@@ -143,16 +145,6 @@ def batch_cost(method: str, request: Any) -> int:
             f"the batch has {count} items; at most {MAX_BATCH_ITEMS} are allowed per call: split it"
         )
     return count
-
-
-def check_batch_keys(refs: Iterable[KeyRef]) -> None:
-    """Refuse a batch naming more distinct keys than one call may resolve."""
-    distinct = {ref.ref for ref in refs if ref.ref}
-    if len(distinct) > MAX_BATCH_KEYS:
-        raise BatchTooLargeError(
-            f"the batch names {len(distinct)} distinct keys; at most {MAX_BATCH_KEYS} are allowed per call: "
-            "group items by key into several calls"
-        )
 
 
 class CallGuard:
@@ -257,7 +249,8 @@ class CallGuard:
         refs: Iterable[KeyRef],
         resolve: Callable[[Call, str], Awaitable[KeyView]],
     ) -> Resolved:
-        """Resolve each distinct key reference (RESOLVE_CONCURRENCY at a time) and check it against
+        """Resolve each distinct key reference (RESOLVE_CONCURRENCY at a time, at most
+        MAX_BATCH_KEYS of them, else BatchTooLargeError before any lookup) and check it against
         the caller's key patterns. New names are left to `check_new_names`."""
         principal = call.principal
         outcome: dict[str, KeyView | KeyrelayError] = {}
@@ -272,6 +265,11 @@ class CallGuard:
                 outcome[ref.ref] = exc
             else:
                 pending.setdefault(ref.ref, ref)
+        if len(pending) > MAX_BATCH_KEYS:
+            raise BatchTooLargeError(
+                f"the batch names {len(pending)} distinct keys; at most {MAX_BATCH_KEYS} are allowed per call: "
+                "group items by key into several calls"
+            )
         async def one(ref: KeyRef, limit: asyncio.Semaphore | None = None) -> None:
             try:
                 if limit is None:

@@ -26,12 +26,14 @@ _AUTHENTICATE = "/keyrelay.v1.AccessRegistryService/AuthenticateCredential"
 _MAX_ENTRIES = 50_000
 
 
+#: Enum value -> role, for the four roles (the `admin` shorthand never comes back from the KMS).
+_ROLE_NAMES = {
+    value: role for name, value in admin_pb2.AccessPointRole.items() if (role := role_from_enum_name(name)) in ALL_ROLES
+}
+
+
 def _role_names(values) -> frozenset[str]:
-    names = (role_from_enum_name(admin_pb2.AccessPointRole.Name(v)) for v in values if v in _KNOWN_ROLES)
-    return frozenset(role for role in names if role in ALL_ROLES)
-
-
-_KNOWN_ROLES = frozenset(admin_pb2.AccessPointRole.values())
+    return frozenset(_ROLE_NAMES[v] for v in values if v in _ROLE_NAMES)
 
 
 def principal_from(access_point: admin_pb2.AccessPoint, serial: str) -> Principal:

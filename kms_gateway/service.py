@@ -28,7 +28,7 @@ import grpc
 
 from foundation import access_policy as policy
 from foundation.batches import dispatch_batch
-from foundation.call_guard import Call, CallGuard, check_batch_keys
+from foundation.call_guard import Call, CallGuard
 from foundation.errors import (
     AliasExistsError,
     InstanceNotFoundError,
@@ -170,30 +170,25 @@ class GatewayService:
         target = targets[-1]
         response = await self.forward(call, target, method, with_key_ids(request, refs, resolved.key_ids), response_type)
         if policy.RULES[method].kind == policy.KEY_MANAGEMENT:
-            await self._after_change(call, method, request, keys[0], target, response.key_metadata)
-        self._note_version(call, response)
+            await self._after_change(call, method, request, keys[0], target, response)
+        call.note_version(response)
         return response
 
-    async def _delete_alias(self, call: Call, method: str, request: Any, response_type: Any) -> Any:
-        refs = key_refs(method, request)
-        key = (await self.guard.resolve_refs(call, refs, self._resolve)).require(refs)[0]
-        target = await self.route(call, method, key)
-        response = await self.forward(call, target, method, request, response_type)
-        self.registry.invalidate(key.key_id)  # also drops the cached alias, which names this key
-        if key.instance_id:
-            described = await self.forward(
-                call, target, "DescribeKey", kms_pb2.DescribeKeyRequest(key_id=key.key_id), kms_pb2.DescribeKeyResponse
-            )
-            await self._mirror(call, key, described.key_metadata)
-        return response
-
-    async def _after_change(self, call: Call, method: str, request, key: KeyRoute, target: ReplicaSet, metadata) -> None:
-        """Drop cached routes of a key this gateway changed; mirror a dedicated key's state to the registry."""
+    async def _after_change(self, call: Call, method: str, request, key: KeyRoute, target: ReplicaSet, response) -> None:
+        """Drop cached routes of a key this gateway changed (by id or alias); mirror a dedicated
+        key's state and aliases to the registry."""
         self.registry.invalidate(key.key_id)
         if method == "CreateAlias":
             self.registry.created(call.tenant)
         if not key.instance_id:
             return
+        if method == "DeleteAlias":  # its answer names the key, not its state
+            described = await self.forward(
+                call, target, "DescribeKey", kms_pb2.DescribeKeyRequest(key_id=key.key_id), kms_pb2.DescribeKeyResponse
+            )
+            metadata = described.key_metadata
+        else:
+            metadata = response.key_metadata
         try:
             await self._mirror(call, key, metadata)
         except AliasExistsError:
@@ -211,18 +206,12 @@ class GatewayService:
         )
         self.registry.invalidate(key.key_id)
 
-    @staticmethod
-    def _note_version(call: Call, response) -> None:
-        version = getattr(response, "key_version", 0) or getattr(response, "new_version", 0)
-        if version:
-            call.key_version = version
-
     async def _list_keys(self, call: Call, method: str, request: Any, response_type: Any) -> Any:
         call.routes.append("shared")
         response = await self.forward(call, self.shared, method, request, response_type)
-        patterns = call.principal.key_patterns
-        visible = [key for key in response.keys if policy.key_matches(patterns, key.key_id, key.aliases)]
-        return response_type(keys=visible, next_page_token=response.next_page_token)
+        return response_type(
+            keys=policy.visible_keys(call.principal, response.keys), next_page_token=response.next_page_token
+        )
 
     async def _generate_random(self, call: Call, method: str, request: Any, response_type: Any) -> Any:
         call.routes.append("shared")
@@ -231,7 +220,6 @@ class GatewayService:
     async def _batch(self, call: Call, method: str, request: Any, response_type: Any) -> Any:
         """Split a batch by where each item's key lives, forward the parts, merge the results in order."""
         refs = key_refs(method, request)
-        check_batch_keys(refs)
         resolved = await self.guard.resolve_refs(call, refs, self._resolve)
         routed: dict[str, ReplicaSet | KeyrelayError] = {}
         for ref in refs:
@@ -325,7 +313,6 @@ class GatewayService:
 
     _HANDLERS: dict[str, Callable] = {
         "CreateKey": _create_key,
-        "DeleteAlias": _delete_alias,
         "ListKeys": _list_keys,
         "GenerateRandom": _generate_random,
         **dict.fromkeys(BATCH_METHODS, _batch),

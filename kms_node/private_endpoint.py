@@ -18,9 +18,12 @@ from typing import Any
 import grpc
 
 from foundation import access_policy as policy
+from foundation.audit import AuditLog
 from foundation.batches import dispatch_batch
-from foundation.call_guard import Call, CallGuard, check_batch_keys
+from foundation.call_guard import Call, CallGuard
+from foundation.credential_check import CredentialVerifier
 from foundation.errors import KeyrelayError, NodeNotReadyError
+from foundation.ratelimit import TokenBucketLimiter
 from foundation.key_refs import BATCH_METHODS, key_refs, with_key_ids
 from foundation.upstream import ReplicaSet
 from foundation.wire import REQUEST_ID_METADATA_KEY
@@ -44,15 +47,17 @@ class PrivateEndpointServicer(kms_pb2_grpc.KeyManagementServiceServicer):
         self._instance_id = instance_id
         self._owner: tuple[str, float] | None = None
 
-    def attach(self, guard: CallGuard, registry: ReplicaSet) -> None:
-        """Start answering calls through `guard`, asking `registry` (the shared KMS) who owns the
-        instance (until then: node not ready)."""
+    def attach(
+        self, *, registry: ReplicaSet, verifier: CredentialVerifier, limiter: TokenBucketLimiter, audit: AuditLog
+    ) -> None:
+        """Start answering calls (until then: node not ready): credentials checked by `verifier`,
+        the instance's owner asked of `registry` (the shared KMS), rates counted by `limiter`,
+        every call recorded in `audit`."""
         self._registry = registry
-        self._guard = guard
-
-    def guard_settings(self) -> dict[str, Any]:
-        """The instance-specific arguments of this endpoint's `CallGuard`."""
-        return {"instance_id": self._instance_id, "instance_tenant": self._instance_tenant, "route": "local"}
+        self._guard = CallGuard(
+            verifier=verifier, limiter=limiter, audit=audit,
+            instance_id=self._instance_id, instance_tenant=self._instance_tenant, route="local",
+        )
 
     async def _instance_tenant(self, call: Call) -> str:
         """The tenant that owns this instance, as the shared KMS registered it (cached)."""
@@ -82,8 +87,6 @@ class PrivateEndpointServicer(kms_pb2_grpc.KeyManagementServiceServicer):
 
     async def _handle(self, call: Call, method: str, request: Any, context) -> Any:
         refs = key_refs(method, request)
-        if method in BATCH_METHODS:
-            check_batch_keys(refs)
         resolved = await self._guard.resolve_refs(call, refs, self._resolve)
         key_ids = resolved.key_ids
         inner = getattr(self._inner, method)
@@ -99,13 +102,11 @@ class PrivateEndpointServicer(kms_pb2_grpc.KeyManagementServiceServicer):
             response = await inner(with_key_ids(request, refs, key_ids), context)
         finally:
             caller_tenant_var.reset(token)
-        version = getattr(response, "key_version", 0)
-        if version:
-            call.key_version = version
+        call.note_version(response)
         if method == "ListKeys":
-            keys = call.principal.key_patterns
-            visible = [k for k in response.keys if policy.key_matches(keys, k.key_id, k.aliases)]
-            response = kms_pb2.ListKeysResponse(keys=visible, next_page_token=response.next_page_token)
+            response = kms_pb2.ListKeysResponse(
+                keys=policy.visible_keys(call.principal, response.keys), next_page_token=response.next_page_token
+            )
         return response
 
 

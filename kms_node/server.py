@@ -17,7 +17,6 @@ import asyncio
 import logging
 
 from foundation.audit import AuditLog
-from foundation.call_guard import CallGuard
 from foundation.config import Secret
 from foundation.credential_check import CredentialVerifier
 from foundation.grpc_server import Health, add_reflection, bind_port, new_server
@@ -181,13 +180,12 @@ class NodeServer:
         )
         self._registry_nodes.start()
         self._private_audit = AuditLog(private.audit_path)
-        guard = CallGuard(
+        self._private_servicer.attach(
+            registry=self._registry_nodes,
             verifier=CredentialVerifier(self._registry_nodes, ttl=private.credential_cache_seconds),
             limiter=TokenBucketLimiter(private.requests_per_second, private.burst),
             audit=self._private_audit,
-            **self._private_servicer.guard_settings(),
         )
-        self._private_servicer.attach(guard, self._registry_nodes)
 
     async def _sweep_deletions(self) -> None:
         while True:

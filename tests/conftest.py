@@ -3,15 +3,15 @@ in-process nodes served on a loopback port chosen by the OS."""
 
 from __future__ import annotations
 
-import asyncio
 import os
 import shutil
 import tempfile
-import threading
 import uuid
 from pathlib import Path
 
 import pytest
+
+from loop_thread import LoopThread
 
 _SESSION_DIR = Path(tempfile.mkdtemp(prefix="keyrelay-tests-"))
 
@@ -61,31 +61,23 @@ def hsm_pool_tokens():
     return module, labels, Secret(DEV_PIN)
 
 
-class ServedNode:
+class ServedNode(LoopThread):
     """An in-process NodeServer running on its own event loop thread."""
 
     def __init__(self, config, pin) -> None:
         from kms_node.server import NodeServer
 
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.thread.start()
+        super().__init__()
 
         async def start():
-            # grpc.aio binds a server to the loop it is created on.
             self.node = NodeServer(config, pin=pin)
             return await self.node.start()
 
         self.port = self.call(start())
         self.target = f"127.0.0.1:{self.port}"
 
-    def call(self, coro, timeout: float = 60):
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
-
     def stop(self) -> None:
-        self.call(self.node.stop(grace=1))
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(10)
+        super().stop(self.node)
 
 
 @pytest.fixture

@@ -9,8 +9,6 @@ The shared node writes the bootstrap operator credential at start; `operator` ho
 
 from __future__ import annotations
 
-import asyncio
-import threading
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,27 +24,11 @@ from kms_gateway.config import AuditConfig, GatewayConfig, InternalTlsConfig, Ra
 from kms_node.config import CaConfig, HsmConfig, NodeConfig, PrivateEndpointConfig, StoreConfig, TlsConfig
 from kms_node.devsetup import DEV_PIN, DEV_SO_PIN, softhsm_module
 from kms_node.hsm.provision import provision_pool
+from loop_thread import LoopThread
 
 HOSTS = ("127.0.0.1", "localhost")
 GATEWAY_CN = "keyrelay-gateway"
 ZONES = ("public", "vpc", "ops")
-
-
-class LoopThread:
-    """An event loop running in a daemon thread; `call` runs a coroutine on it and waits."""
-
-    def __init__(self) -> None:
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.thread.start()
-
-    def call(self, coro, timeout: float = 60):
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
-
-    def stop(self, server) -> None:
-        self.call(server.stop(grace=1))
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(10)
 
 
 @dataclass

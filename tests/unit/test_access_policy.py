@@ -149,8 +149,13 @@ def principal(spec: model.Spec, name: str = "caller") -> policy.Principal:
                             spec.operator)
 
 
-def grant(spec: model.Spec) -> policy.Grant:
-    return policy.Grant(spec.tenant, spec.roles, spec.patterns, spec.zones, spec.cidrs, spec.operator)
+def grant(spec: model.Spec) -> policy.Principal:
+    """An access point with these powers, as the target of an AdminService call."""
+    return principal(spec, "target")
+
+
+def target(tenant: str, roles, patterns=(), zones=(), cidrs=(), operator=False) -> policy.Principal:
+    return grant(model.Spec(tenant, frozenset(roles), tuple(patterns), tuple(zones), tuple(cidrs), operator))
 
 
 entries = st.builds(
@@ -289,26 +294,26 @@ def test_an_operator_grants_the_operator_property_and_other_tenants():
     """The one way to cross tenants: an operator, within its own roles and patterns."""
     operator = policy.Principal("ops", "ap-op", "op", frozenset({"access-admin", "crypto-user"}), ("alias/ops-*",),
                                 operator=True)
-    assert policy.check_grant(operator, policy.Grant("acme", frozenset({"crypto-user"}), ("alias/ops-1",))) is None
-    assert policy.check_grant(operator, policy.Grant("acme", frozenset({"access-admin"}), ("alias/ops-*",),
-                                                     operator=True)) is None
-    denial = policy.check_grant(operator, policy.Grant("acme", frozenset({"crypto-user"}), ("*",)))
+    assert policy.check_grant(operator, target("acme", frozenset({"crypto-user"}), ("alias/ops-1",))) is None
+    assert policy.check_grant(operator, target("acme", frozenset({"access-admin"}), ("alias/ops-*",),
+                                               operator=True)) is None
+    denial = policy.check_grant(operator, target("acme", frozenset({"crypto-user"}), ("*",)))
     assert denial is not None and "key pattern(s) *" in denial.error.message
-    denial = policy.check_grant(operator, policy.Grant("acme", frozenset({"key-admin"}), ("alias/ops-1",)))
+    denial = policy.check_grant(operator, target("acme", frozenset({"key-admin"}), ("alias/ops-1",)))
     assert denial is not None and "role(s) key-admin" in denial.error.message
 
 
 def test_denials_say_what_is_beyond_the_caller():
     caller = policy.Principal("acme", "ap-1", "team-a-admin", frozenset({"access-admin", "crypto-user"}),
                               ("alias/team-a-*",), ("public",))
-    denial = policy.check_grant(caller, policy.Grant("acme", frozenset({"key-admin", "crypto-user"}), ("*",),
-                                                     (), (), True))
+    denial = policy.check_grant(caller, target("acme", frozenset({"key-admin", "crypto-user"}), ("*",),
+                                               (), (), True))
     assert denial.rule == "escalation" and isinstance(denial.error, KeyrelayError)
     message = denial.error.message
     for part in ("'team-a-admin'", "operator property", "role(s) key-admin", "key pattern(s) *",
                  "zones beyond its own (public)"):
         assert part in message
-    other = policy.check_grant(caller, policy.Grant("globex", frozenset({"crypto-user"})))
+    other = policy.check_grant(caller, target("globex", frozenset({"crypto-user"})))
     assert other.rule == "tenant" and "'globex'" in other.error.message
 
 
