@@ -45,6 +45,7 @@ from dataclasses import dataclass
 from typing import Iterable, Protocol, TypeVar
 
 from foundation.errors import (
+    quote,
     InvalidArgumentError,
     KeyrelayError,
     NetworkNotAllowedError,
@@ -129,7 +130,7 @@ def parse_roles(names: Iterable[str]) -> frozenset[str]:
         elif name in ALL_ROLES:
             roles.add(name)
         else:
-            raise InvalidArgumentError(f"role {name[:40]!r} is not one of {', '.join(ROLES)} (or {ADMIN}: all of them)")
+            raise InvalidArgumentError(f"role {quote(name)} is not one of {', '.join(ROLES)} (or {ADMIN}: all of them)")
     if not roles:
         raise InvalidArgumentError(f"roles is empty: give at least one of {', '.join(ROLES)} (or {ADMIN}: all of them)")
     return frozenset(roles)
@@ -300,26 +301,26 @@ def check_call(principal: Principal, entry: Entry, method: str) -> Denial | None
     rule = RULES.get(method)
     if principal.allowed_zones and entry.zone not in principal.allowed_zones:
         return Denial("network", NetworkNotAllowedError(
-            f"access point {principal.name!r} may be used only from zone(s) {shown(principal.allowed_zones)}; "
-            f"this request came in on zone {entry.zone!r}"
+            f"access point {quote(principal.name)} may be used only from zone(s) {shown(principal.allowed_zones)}; "
+            f"this request came in on zone {quote(entry.zone)}"
         ))
     if principal.allowed_cidrs and (
         entry.peer is None or not any(entry.peer in net for net in _networks(principal.allowed_cidrs))
     ):
         return Denial("network", NetworkNotAllowedError(
-            f"access point {principal.name!r} may be used only from {shown(principal.allowed_cidrs)}; "
+            f"access point {quote(principal.name)} may be used only from {shown(principal.allowed_cidrs)}; "
             f"this request came from {entry.peer or 'an unknown address'}"
         ))
     if entry.private:
         if principal.tenant_id != entry.instance_tenant:
             return Denial("instance-owner", PermissionDeniedError(
-                f"access point {principal.name!r} belongs to tenant {principal.tenant_id!r}, which does not own "
-                f"dedicated instance {entry.instance_id!r}: use a credential of the instance's tenant"
+                f"access point {quote(principal.name)} belongs to tenant {quote(principal.tenant_id)}, which does not own "
+                f"dedicated instance {quote(entry.instance_id)}: use a credential of the instance's tenant"
             ))
         if rule is None or rule.kind not in PRIVATE_ENDPOINT_KINDS:
             return Denial("endpoint", PermissionDeniedError(
                 f"{method} is key management: send it through the gateway. The private endpoint of instance "
-                f"{entry.instance_id!r} serves cryptography and key reads"
+                f"{quote(entry.instance_id)} serves cryptography and key reads"
             ))
     return check_role(principal, method)
 
@@ -332,12 +333,12 @@ def check_role(principal: Principal, method: str) -> Denial | None:
         need = " or ".join(sorted_roles(rule.roles)) if rule else "no role"
         held = ", ".join(sorted_roles(principal.roles)) or "none"
         return Denial("role", PermissionDeniedError(
-            f"access point {principal.name!r} has role(s) {held}; {method} needs {need}: "
+            f"access point {quote(principal.name)} has role(s) {held}; {method} needs {need}: "
             "use a credential of an access point with that role"
         ))
     if rule.operator_only and not principal.operator:
         return Denial("operator", PermissionDeniedError(
-            f"{method} acts for every tenant and is for operators only; access point {principal.name!r} is not "
+            f"{method} acts for every tenant and is for operators only; access point {quote(principal.name)} is not "
             "an operator: ask your KMS operator"
         ))
     return None
@@ -348,7 +349,7 @@ def check_key(principal: Principal, key_id: str, aliases: Iterable[str] = (), *,
     if key_matches(principal.key_patterns, key_id, aliases):
         return None
     return Denial("key", PermissionDeniedError(
-        f"access point {principal.name!r} may not use key {(shown_as or key_id)[:80]}: it is not covered by its "
+        f"access point {quote(principal.name)} may not use key {(shown_as or key_id)[:80]}: it is not covered by its "
         f"key patterns ({shown(principal.key_patterns)})"
     ))
 
@@ -360,7 +361,7 @@ def check_name(principal: Principal, name: str) -> Denial | None:
         return None
     what = f"alias {name[:80]}" if name else "a key without an alias (that takes the key pattern '*')"
     return Denial("key", PermissionDeniedError(
-        f"access point {principal.name!r} may not create or remove {what}: it is not covered by its key "
+        f"access point {quote(principal.name)} may not create or remove {what}: it is not covered by its key "
         f"patterns ({shown(principal.key_patterns)})"
     ))
 
@@ -373,12 +374,12 @@ def check_route(entry: Entry, method: str, instance: InstancePolicy, key_id: str
         zones = instance.management_zones
         if zones and entry.zone not in zones:
             return Denial("instance-zone", NetworkNotAllowedError(
-                f"management requests for dedicated instance {instance.instance_id!r} are accepted only "
-                f"from zone(s) {', '.join(zones)}; this request came in on zone {entry.zone!r}"
+                f"management requests for dedicated instance {quote(instance.instance_id)} are accepted only "
+                f"from zone(s) {', '.join(zones)}; this request came in on zone {quote(entry.zone)}"
             ))
     elif rule.kind == CRYPTO and not instance.allow_public_crypto:
         return Denial("private-endpoint", PrivateEndpointRequiredError(
-            f"key {key_id or '(new)'} belongs to dedicated instance {instance.instance_id!r}: send cryptographic "
+            f"key {key_id or '(new)'} belongs to dedicated instance {quote(instance.instance_id)}: send cryptographic "
             f"requests to its private endpoint {instance.private_endpoint or '(not registered)'} with an "
             "access-point credential"
         ))
@@ -399,7 +400,7 @@ def check_tenant(principal: Principal, tenant_id: str) -> Denial | None:
     if sees(principal, tenant_id):
         return None
     return Denial("tenant", PermissionDeniedError(
-        f"access point {principal.name!r} administers tenant {principal.tenant_id!r}, not {tenant_id[:70]!r}; "
+        f"access point {quote(principal.name)} administers tenant {quote(principal.tenant_id)}, not {quote(tenant_id)}; "
         "use a credential of that tenant, or ask your KMS operator"
     ))
 
@@ -428,7 +429,7 @@ def check_grant(holder: Principal, target: Powers, *, action: str = "create") ->
     if not problems:
         return None
     return Denial("escalation", PermissionDeniedError(
-        f"access point {holder.name!r} may not {action} an access point {'; '.join(problems)}: an access point "
+        f"access point {quote(holder.name)} may not {action} an access point {'; '.join(problems)}: an access point "
         "creates, deletes and issues or revokes credentials only for access points within its own roles, key "
         "patterns, zones and CIDRs"
     ))

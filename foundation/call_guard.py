@@ -22,6 +22,7 @@ from foundation import access_policy as policy
 from foundation.audit import AuditLog, utc_now
 from foundation.credential_check import CredentialVerifier
 from foundation.errors import (
+    quote,
     BatchTooLargeError,
     InvalidArgumentError,
     KeyrelayError,
@@ -179,10 +180,30 @@ class CallGuard:
         self._instance_tenant = instance_tenant
         self._route = route
 
+    async def refuse(self, zone: str, method: str, context, error: KeyrelayError) -> None:
+        """Answer a request refused before it could be served (its body does not parse, its method
+        does not exist) with `error`: the caller is still authenticated and charged one request,
+        and the call audited like any other. Always raises."""
+
+        async def answer(call: Call, request: Any) -> Any:
+            raise error
+
+        await self.serve(zone, method, None, context, answer, authorize=False)
+        raise error  # unreachable: `answer` raised
+
     async def serve(
-        self, zone: str, method: str, request: Any, context, handler: Callable[[Call, Any], Awaitable[Any]]
+        self,
+        zone: str,
+        method: str,
+        request: Any,
+        context,
+        handler: Callable[[Call, Any], Awaitable[Any]],
+        *,
+        authorize: bool = True,
     ) -> Any:
-        """Authenticate and authorize the caller, charge its rate limit, run `handler`, audit."""
+        """Authenticate and authorize the caller, charge its rate limit, run `handler`, audit.
+        With `authorize` false (a request refused before it was decoded) no rule is applied:
+        `handler` answers the refusal."""
         remaining = context.time_remaining()
         address = peer_ip(context)
         now = time.monotonic()
@@ -199,10 +220,13 @@ class CallGuard:
                 peer_certificate(context), [(REQUEST_ID_METADATA_KEY, call.request_id)]
             )
             # Charged before the checks: a refused call costs its tenant as much as an allowed one.
-            self.charge(call, batch_cost(method, request))
-            if self._instance_id:
-                call.entry = policy.Entry(call.entry.zone, address, self._instance_id, await self._instance_tenant(call))
-            call.enforce(policy.check_call(call.principal, call.entry, method))
+            self.charge(call, batch_cost(method, request) if authorize else 1)
+            if authorize:
+                if self._instance_id:
+                    call.entry = policy.Entry(
+                        call.entry.zone, address, self._instance_id, await self._instance_tenant(call)
+                    )
+                call.enforce(policy.check_call(call.principal, call.entry, method))
             return await handler(call, request)
         except KeyrelayError as exc:
             status, reason = exc.code.name, exc.reason
@@ -224,13 +248,13 @@ class CallGuard:
             return
         if cost > self.limiter.burst:
             raise ResourceExhaustedError(
-                f"this call costs {cost} requests of tenant {call.tenant!r}'s rate limit, more than its burst of "
+                f"this call costs {cost} requests of tenant {quote(call.tenant)}'s rate limit, more than its burst of "
                 f"{self.limiter.burst}: split it into smaller batches"
             )
         wait = self.limiter.try_acquire(call.tenant, cost)
         if wait > 0:
             raise ResourceExhaustedError(
-                f"tenant {call.tenant!r} is over its request rate limit; retry in {wait:.2f} s"
+                f"tenant {quote(call.tenant)} is over its request rate limit; retry in {wait:.2f} s"
             )
 
     @staticmethod

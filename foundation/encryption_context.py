@@ -11,7 +11,7 @@ from __future__ import annotations
 import struct
 from typing import Mapping
 
-from foundation.errors import InvalidEncryptionContextError
+from foundation.errors import InvalidEncryptionContextError, quote
 
 MAX_PAIRS = 64
 MAX_KEY_BYTES = 128
@@ -32,19 +32,19 @@ def validate(context: Mapping[str, str]) -> None:
             value.encode()
         except UnicodeEncodeError:
             raise InvalidEncryptionContextError(
-                f"encryption context pair {key[:40]!r} is not valid UTF-8 text"
+                f"encryption context pair {quote(key)} is not valid UTF-8 text"
             ) from None
         if not 1 <= key_len <= MAX_KEY_BYTES:
             raise InvalidEncryptionContextError(
-                f"encryption context key {key[:40]!r} is {key_len} bytes; keys must be 1-{MAX_KEY_BYTES} bytes"
+                f"encryption context key {quote(key)} is {key_len} bytes; keys must be 1-{MAX_KEY_BYTES} bytes"
             )
         if len(value.encode()) > MAX_VALUE_BYTES:
             raise InvalidEncryptionContextError(
-                f"encryption context value for {key!r} is over {MAX_VALUE_BYTES} bytes"
+                f"encryption context value for {quote(key)} is over {MAX_VALUE_BYTES} bytes"
             )
         if key.startswith(RESERVED_PREFIX):
             raise InvalidEncryptionContextError(
-                f"encryption context key {key!r} uses the reserved prefix {RESERVED_PREFIX!r}; rename it"
+                f"encryption context key {quote(key)} uses the reserved prefix {quote(RESERVED_PREFIX)}; rename it"
             )
 
 

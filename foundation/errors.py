@@ -14,7 +14,9 @@ classes. Each class carries the gRPC status code it travels as and a *reason* (t
     │   ├── MalformedCiphertextError
     │   ├── CiphertextAuthenticationError
     │   ├── SealedRecordMismatchError
-    │   └── InvalidUserIdError
+    │   ├── InvalidUserIdError
+    │   ├── MalformedRequestError
+    │   └── InvalidPageTokenError
     ├── NotFoundError                   NOT_FOUND
     │   ├── KeyNotFoundError
     │   ├── AliasNotFoundError
@@ -47,10 +49,12 @@ classes. Each class carries the gRPC status code it travels as and a *reason* (t
     │   ├── NodeNotReadyError
     │   └── HsmUnavailableError
     ├── DeadlineExceededError           DEADLINE_EXCEEDED
+    ├── UnknownMethodError              UNIMPLEMENTED
     └── InternalError                   INTERNAL
 
 Messages are written for a person: they say what was wrong and what to do. They never carry
-plaintext, key material, PINs or private keys.
+plaintext, key material, PINs or private keys, and quote what the caller sent only through
+`quote()`, so no message grows with the request.
 """
 
 from __future__ import annotations
@@ -147,6 +151,18 @@ class InvalidUserIdError(InvalidArgumentError):
     """A user id is not 1-64 characters of a-z, 0-9, '.', '_' and '-'."""
 
     reason = "INVALID_USER_ID"
+
+
+class MalformedRequestError(InvalidArgumentError):
+    """The request body is not a valid protobuf message of the RPC's request type."""
+
+    reason = "MALFORMED_REQUEST"
+
+
+class InvalidPageTokenError(InvalidArgumentError):
+    """The page token was not made by this service (or by this list call)."""
+
+    reason = "INVALID_PAGE_TOKEN"
 
 
 class NotFoundError(KeyrelayError):
@@ -350,11 +366,33 @@ class DeadlineExceededError(KeyrelayError):
     reason = "DEADLINE_EXCEEDED"
 
 
+class UnknownMethodError(KeyrelayError):
+    """The server has no such RPC (a wrong path, or a client newer than the server)."""
+
+    code = grpc.StatusCode.UNIMPLEMENTED
+    reason = "UNKNOWN_METHOD"
+
+
 class InternalError(KeyrelayError):
     """An unexpected server-side failure; the server log has details under the request id."""
 
     code = grpc.StatusCode.INTERNAL
     reason = "INTERNAL"
+
+
+#: Characters of caller-supplied text an error message quotes.
+QUOTE_CHARS = 64
+
+
+def quote(text: object, limit: int = QUOTE_CHARS) -> str:
+    """Caller-supplied text as an error message may show it: quoted, at most `limit` characters of
+    it followed by "…" when it was longer, and every non-printable character escaped, so a message
+    stays short and one line whatever the request held."""
+    text = text if isinstance(text, str) else str(text)
+    shown = repr(text[:limit])
+    if len(text) > limit:
+        shown = f"{shown[:-1]}…{shown[-1]}"
+    return shown
 
 
 def error_class_for(code: grpc.StatusCode, reason: str | None) -> type[KeyrelayError]:
@@ -375,5 +413,8 @@ def from_status(
     if cls is KeyrelayError:
         # An unknown status keeps its real code so callers can still branch on it.
         err.code = code
+    if cls is KeyrelayError or not reason:
+        # A status without a reason (from gRPC itself: a size or metadata limit, a transport
+        # failure) is not given one it never had: RESOURCE_EXHAUSTED is not always a rate limit.
         err.reason = reason or "UNSPECIFIED"
     return err

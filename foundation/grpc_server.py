@@ -1,6 +1,11 @@
 """The grpc.aio server skeleton every keyrelay daemon uses.
 
-- `ErrorMappingInterceptor` turns `KeyrelayError` into its status code, message and
+- `ErrorMappingInterceptor` decodes every request body itself (`foundation.request_decoding`),
+  so one that does not parse is answered INVALID_ARGUMENT `MALFORMED_REQUEST` like any bad
+  request, and a method the server lacks UNIMPLEMENTED `UNKNOWN_METHOD`; both are logged as one
+  rate-limited WARNING line (`RefusalLog`) and handed to the daemon's `refuse` hook, which audits
+  them where the daemon audits. It holds each call's body against the server's `RequestBudget`,
+  turns `KeyrelayError` into its status code, message (cut to `MAX_STATUS_MESSAGE`) and
   `keyrelay-error-reason` trailer, answers anything else `INTERNAL` without details (logging it
   with the request id), and gives every call a request id (the client's `x-request-id`, or a new
   one) that is echoed in the trailers and tagged on every log line of the call. Given a
@@ -26,13 +31,31 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
-from foundation.errors import REASON_METADATA_KEY, REQUEST_ID_METADATA_KEY, KeyrelayError
+from foundation.errors import (
+    REASON_METADATA_KEY,
+    REQUEST_ID_METADATA_KEY,
+    KeyrelayError,
+    MalformedRequestError,
+    UnknownMethodError,
+)
 from foundation.logsetup import request_id_var
 from foundation.metrics import Metrics, operation_var, route_var
+from foundation.request_decoding import RequestDecoder
 
 log = logging.getLogger(__name__)
 
 _MAX_REQUEST_ID = 128
+#: The longest status message sent: far below gRPC's metadata limits (8 KiB soft), so no transport
+#: limit ever replaces a status with its own.
+MAX_STATUS_MESSAGE = 1024
+#: The operation label of calls to a method the server does not have (never the caller's path,
+#: which would let callers create metric series).
+UNKNOWN_OPERATION = "unknown"
+
+#: `refuse(context, operation, error)`: answer `error` for a request refused before its handler
+#: ran (a body that does not parse, a method that does not exist) the way the daemon answers any
+#: other refusal, e.g. authenticated and audited; it raises `error` (or the caller's own).
+Refuse = Callable[[grpc.aio.ServicerContext, str, KeyrelayError], Awaitable[None]]
 
 
 def _request_id(context: grpc.aio.ServicerContext) -> str:
@@ -43,14 +66,21 @@ def _request_id(context: grpc.aio.ServicerContext) -> str:
     return uuid.uuid4().hex
 
 
+def _status_message(message: str) -> str:
+    if len(message) <= MAX_STATUS_MESSAGE:
+        return message
+    return message[: MAX_STATUS_MESSAGE - 1] + "…"
+
+
 async def _answer_error(
     context: grpc.aio.ServicerContext, exc: BaseException, method: str, request_id: str
 ) -> None:
     if isinstance(exc, KeyrelayError):
-        context.set_trailing_metadata(
-            ((REASON_METADATA_KEY, exc.reason), (REQUEST_ID_METADATA_KEY, request_id))
-        )
-        await context.abort(exc.code, exc.message)
+        trailers = [(REQUEST_ID_METADATA_KEY, request_id)]
+        if exc.reason != "UNSPECIFIED":
+            trailers.append((REASON_METADATA_KEY, exc.reason))
+        context.set_trailing_metadata(tuple(trailers))
+        await context.abort(exc.code, _status_message(exc.message))
     log.error("unexpected error in %s", method, exc_info=exc)
     context.set_trailing_metadata(
         ((REASON_METADATA_KEY, "INTERNAL"), (REQUEST_ID_METADATA_KEY, request_id))
@@ -65,24 +95,69 @@ def _needs_answer(exc: BaseException | None) -> bool:
     return isinstance(exc, Exception) and not isinstance(exc, grpc.aio.AbortError)
 
 
+class RefusalLog:
+    """One WARNING line per `interval` seconds about requests refused before their handler ran,
+    counting the ones it did not print, so a flood of bad bodies cannot flood the log."""
+
+    def __init__(self, interval: float = 10.0) -> None:
+        self._interval = interval
+        self._next = 0.0
+        self._quiet = 0
+
+    def note(self, operation: str, error: KeyrelayError) -> None:
+        now = time.monotonic()
+        if now < self._next:
+            self._quiet += 1
+            return
+        more = f" ({self._quiet} more such requests since the last line)" if self._quiet else ""
+        log.warning("refused a request to %s: %s: %s%s", operation, error.reason, error.message[:200], more)
+        self._next, self._quiet = now + self._interval, 0
+
+
+class RequestBudget:
+    """The request bytes a daemon works on at once. A call waits for room before its body is
+    decoded and keeps its share until it ends, so a flood of maximum-size requests queues instead
+    of growing memory; a call alone always gets in, whatever its size."""
+
+    def __init__(self, limit_bytes: int) -> None:
+        self.limit_bytes = limit_bytes
+        self.used = 0
+        self._room = asyncio.Condition()
+
+    async def acquire(self, size: int) -> None:
+        async with self._room:
+            await self._room.wait_for(lambda: self.used == 0 or self.used + size <= self.limit_bytes)
+            self.used += size
+
+    async def release(self, size: int) -> None:
+        async with self._room:
+            self.used -= size
+            self._room.notify_all()
+
+
 class _Call:
     """What every intercepted call shares: its request id (tagged on log lines), its route (reset to
-    "local"), the mapping of errors to statuses, and one request metric when it ends."""
+    "local"), the mapping of errors to statuses, and one request metric when it ends.
 
-    __slots__ = ("_context", "_method", "_metrics", "_request_id", "_tokens", "_started")
+    Context variables are set and never reset: grpc.aio runs each call in a task of its own, so
+    they die with it, and a stream's generator may be finalised in another context, where a reset
+    would fail."""
 
-    def __init__(self, context: grpc.aio.ServicerContext, method: str, metrics: Metrics | None) -> None:
+    __slots__ = ("_context", "_method", "_operation", "_metrics", "_request_id", "_started")
+
+    def __init__(
+        self, context: grpc.aio.ServicerContext, method: str, metrics: Metrics | None, operation: str | None = None
+    ) -> None:
         self._context = context
         self._method = method
+        self._operation = operation or method.rpartition("/")[2]
         self._metrics = metrics
 
     async def __aenter__(self) -> None:
         self._request_id = _request_id(self._context)
-        self._tokens = (
-            request_id_var.set(self._request_id),
-            route_var.set("local"),
-            operation_var.set(self._method.rpartition("/")[2]),
-        )
+        request_id_var.set(self._request_id)
+        route_var.set("local")
+        operation_var.set(self._operation)
         self._started = time.perf_counter()
 
     def _final_code(self, exc: BaseException | None) -> str:
@@ -105,52 +180,132 @@ class _Call:
                 await _answer_error(self._context, exc, self._method, self._request_id)  # raises AbortError
         finally:
             if self._metrics is not None:
-                operation = self._method.rpartition("/")[2]
-                self._metrics.observe_request(operation, route_var.get(), code, time.perf_counter() - self._started)
-            operation_var.reset(self._tokens[2])
-            route_var.reset(self._tokens[1])
-            request_id_var.reset(self._tokens[0])
+                self._metrics.observe_request(self._operation, route_var.get(), code, time.perf_counter() - self._started)
 
 
-def _wrap_unary(behavior: Callable[..., Awaitable[Any]], method: str, metrics: Metrics | None):
-    async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> Any:
-        async with _Call(context, method, metrics):
-            return await behavior(request, context)
+class _Entry:
+    """How one server turns bytes into a request before the handler runs: decoding, the
+    in-flight budget, and the refusal of what does not decode."""
+
+    def __init__(self, metrics: Metrics | None, refuse: Refuse | None, budget: RequestBudget | None) -> None:
+        self.metrics = metrics
+        self.refuse = refuse
+        self.budget = budget
+        self.refusals = RefusalLog()
+
+    async def refused(self, context: grpc.aio.ServicerContext, operation: str, error: KeyrelayError) -> None:
+        """Answer `error` for a request refused before its handler ran: logged (rate-limited), and
+        handed to the daemon's `refuse` (which audits it) when it has one. Always raises."""
+        self.refusals.note(operation, error)
+        if self.metrics is not None:
+            self.metrics.refused_request(error.reason)
+        if self.refuse is not None:
+            await self.refuse(context, operation, error)
+        raise error
+
+    async def decode(self, decoder: RequestDecoder | None, body: Any, context, operation: str) -> Any:
+        if decoder is None:
+            return body
+        try:
+            return decoder.decode(body)
+        except MalformedRequestError as exc:
+            await self.refused(context, operation, exc)
+
+
+def _wrap_unary(behavior: Callable[..., Awaitable[Any]], method: str, entry: _Entry, decoder: RequestDecoder | None):
+    operation = method.rpartition("/")[2]
+    budget = entry.budget
+
+    async def wrapped(body: Any, context: grpc.aio.ServicerContext) -> Any:
+        async with _Call(context, method, entry.metrics):
+            if budget is None or decoder is None:
+                return await behavior(await entry.decode(decoder, body, context, operation), context)
+            size = len(body)
+            await budget.acquire(size)
+            try:
+                request = await entry.decode(decoder, body, context, operation)
+                del body  # the message holds what is needed; let the bytes go
+                return await behavior(request, context)
+            finally:
+                await budget.release(size)
 
     return wrapped
 
 
-def _wrap_stream(behavior: Callable[..., Any], method: str, metrics: Metrics | None):
-    async def wrapped(request: Any, context: grpc.aio.ServicerContext):
-        async with _Call(context, method, metrics):
+def _wrap_stream(behavior: Callable[..., Any], method: str, entry: _Entry, decoder: RequestDecoder | None):
+    operation = method.rpartition("/")[2]
+    budget = entry.budget
+
+    async def wrapped(body: Any, context: grpc.aio.ServicerContext):
+        async with _Call(context, method, entry.metrics):
+            # A stream holds its budget share only while its request is decoded: it may stay open
+            # for hours with nothing in flight.
+            size = len(body) if budget is not None and decoder is not None else 0
+            if size:
+                await budget.acquire(size)
+            try:
+                request = await entry.decode(decoder, body, context, operation)
+            finally:
+                if size:
+                    await budget.release(size)
             async for item in behavior(request, context):
                 yield item
 
     return wrapped
 
 
-class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):
-    """Maps the keyrelay exception hierarchy to gRPC statuses and tags calls with request ids;
-    with `metrics`, also counts and times every unary and server-streaming call."""
+def _unknown_method(method: str, entry: _Entry):
+    async def refuse(body: Any, context: grpc.aio.ServicerContext) -> Any:
+        async with _Call(context, method, entry.metrics, UNKNOWN_OPERATION):
+            shown = method if len(method) <= 80 else method[:80] + "…"
+            await entry.refused(
+                context,
+                UNKNOWN_OPERATION,
+                UnknownMethodError(
+                    f"this server has no method {shown!r}; check the service and method name against the "
+                    "server's reflection, or upgrade the server"
+                ),
+            )
 
-    def __init__(self, metrics: Metrics | None = None) -> None:
-        self._metrics = metrics
+    return grpc.unary_unary_rpc_method_handler(refuse)
+
+
+class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):
+    """The per-call envelope of every keyrelay server.
+
+    It decodes each request itself (grpc gets no deserializer), so a body that does not parse is
+    `MalformedRequestError` like any bad request; holds each unary call's body against the
+    server's `RequestBudget`; maps the keyrelay exception hierarchy to gRPC statuses and tags calls
+    with request ids; with `metrics`, counts and times every unary and server-streaming call; and
+    answers a method the server does not have with `UnknownMethodError`. Requests refused before
+    their handler ran go to `refuse` when given (where the daemon audits them)."""
+
+    def __init__(
+        self,
+        metrics: Metrics | None = None,
+        *,
+        refuse: Refuse | None = None,
+        budget: RequestBudget | None = None,
+    ) -> None:
+        self._entry = _Entry(metrics, refuse, budget)
 
     async def intercept_service(self, continuation, handler_call_details):
         handler = await continuation(handler_call_details)
-        if handler is None:
-            return None
         method = handler_call_details.method
+        if handler is None:
+            return _unknown_method(method, self._entry)
+        decoder = RequestDecoder.for_deserializer(handler.request_deserializer)
+        deserializer = None if decoder is not None else handler.request_deserializer
         if handler.unary_unary is not None:
             return grpc.unary_unary_rpc_method_handler(
-                _wrap_unary(handler.unary_unary, method, self._metrics),
-                request_deserializer=handler.request_deserializer,
+                _wrap_unary(handler.unary_unary, method, self._entry, decoder),
+                request_deserializer=deserializer,
                 response_serializer=handler.response_serializer,
             )
         if handler.unary_stream is not None:
             return grpc.unary_stream_rpc_method_handler(
-                _wrap_stream(handler.unary_stream, method, self._metrics),
-                request_deserializer=handler.request_deserializer,
+                _wrap_stream(handler.unary_stream, method, self._entry, decoder),
+                request_deserializer=deserializer,
                 response_serializer=handler.response_serializer,
             )
         return handler
@@ -198,20 +353,29 @@ def bind_port(server: grpc.aio.Server, listen: str, credentials: grpc.ServerCred
     return port
 
 
+#: How many maximum-size requests a server works on at once (see `RequestBudget`).
+BUDGET_REQUESTS = 16
+
+
 def new_server(
     max_message_bytes: int = 8 * 1024 * 1024,
     *,
     metrics: Metrics | None = None,
     interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
+    refuse: Refuse | None = None,
+    max_send_bytes: int | None = None,
 ) -> grpc.aio.Server:
-    """A grpc.aio server with the error-mapping interceptor (recording into `metrics` when given)
-    and the given message size limit. `interceptors` run inside it, so the keyrelay errors they
-    raise are answered as statuses."""
+    """A grpc.aio server with the skeleton's interceptor (recording into `metrics`, refusing
+    undecodable requests through `refuse`), taking request bodies of at most `max_message_bytes`
+    (gRPC's transport refuses larger ones before any handler runs) and working on at most
+    `BUDGET_REQUESTS` times that many request bytes at once. `interceptors` run inside it, so the
+    keyrelay errors they raise are answered as statuses."""
+    budget = RequestBudget(BUDGET_REQUESTS * max_message_bytes)
     return grpc.aio.server(
-        interceptors=[ErrorMappingInterceptor(metrics), *interceptors],
+        interceptors=[ErrorMappingInterceptor(metrics, refuse=refuse, budget=budget), *interceptors],
         options=[
             ("grpc.max_receive_message_length", max_message_bytes),
-            ("grpc.max_send_message_length", max_message_bytes),
+            ("grpc.max_send_message_length", max_send_bytes or max(max_message_bytes, 8 * 1024 * 1024)),
         ],
     )
 

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
 from foundation.blob_formats import peek_key_id
-from foundation.errors import InvalidArgumentError, KeyrelayError
+from foundation.errors import InvalidArgumentError, KeyrelayError, quote
 
 _ALIAS = re.compile(r"^alias/[A-Za-z0-9/_-]{1,250}$")
 
@@ -43,7 +43,7 @@ def check_ref(ref: str, field: str = "key_id") -> None:
         raise InvalidArgumentError(f"{field} is required: give a key id (UUID) or an alias 'alias/NAME'")
     if not (is_uuid(ref) or _ALIAS.fullmatch(ref)):
         raise InvalidArgumentError(
-            f"{field} {ref[:80]!r} is neither a key id (lower-case UUID) nor an alias 'alias/NAME'"
+            f"{field} {quote(ref)} is neither a key id (lower-case UUID) nor an alias 'alias/NAME'"
         )
 
 
@@ -51,7 +51,7 @@ def check_alias(alias: str) -> None:
     """InvalidArgumentError unless `alias` is `alias/` and 1-250 of A-Z a-z 0-9 / _ -."""
     if not _ALIAS.fullmatch(alias):
         raise InvalidArgumentError(
-            f"alias {alias[:80]!r} must be 'alias/' followed by 1-250 of A-Z a-z 0-9 / _ -"
+            f"alias {quote(alias)} must be 'alias/' followed by 1-250 of A-Z a-z 0-9 / _ -"
         )
 
 

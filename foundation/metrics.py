@@ -74,6 +74,11 @@ class Metrics:
         self._subscribers = Gauge(
             "keyrelay_relay_subscribers", "Open Subscribe streams.", registry=self.registry,
         )
+        self._refused = Counter(
+            "keyrelay_refused_requests_total",
+            "Requests refused before a handler ran (a body that does not parse, an unknown method), by reason.",
+            ["component", "reason"], registry=self.registry,
+        )
         self._cache_hit = self._cache.labels("hit")
         self._cache_miss = self._cache.labels("miss")
         self._server: asyncio.Server | None = None
@@ -83,6 +88,10 @@ class Metrics:
         """Count one finished RPC and its duration."""
         self._requests.labels(self.component, operation, route, code).inc()
         self._request_seconds.labels(self.component, operation, route).observe(seconds)
+
+    def refused_request(self, reason: str) -> None:
+        """Count one request refused before its handler ran (reason e.g. "MALFORMED_REQUEST")."""
+        self._refused.labels(self.component, reason).inc()
 
     def cache_hit(self) -> None:
         self._cache_hit.inc()

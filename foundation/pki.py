@@ -27,7 +27,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from foundation.config import ConfigError
-from foundation.errors import InvalidArgumentError
+from foundation.errors import InvalidArgumentError, quote
 
 __all__ = [
     "CertificateAuthority",
@@ -110,7 +110,7 @@ def _san_entry(host: str) -> x509.GeneralName:
     try:
         return x509.DNSName(host)
     except ValueError as exc:
-        raise InvalidArgumentError(f"host {host!r} is neither an IP address nor a DNS name: {exc}") from None
+        raise InvalidArgumentError(f"host {quote(host)} is neither an IP address nor a DNS name: {exc}") from None
 
 
 # -- files -----------------------------------------------------------------------------------
@@ -150,7 +150,7 @@ def write_credential(
     """
     if not name or name.startswith(".") or os.sep in name or (os.altsep and os.altsep in name):
         raise InvalidArgumentError(
-            f"credential name {name!r} cannot be a file name; use letters, digits, '-' or '_'"
+            f"credential name {quote(name)} cannot be a file name; use letters, digits, '-' or '_'"
         )
     folder = Path(directory)
     folder.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -202,7 +202,7 @@ class CertificateAuthority:
         self._key = key
 
     def __repr__(self) -> str:
-        return f"CertificateAuthority(subject={self._certificate.subject.rfc4514_string()!r})"
+        return f"CertificateAuthority(subject={quote(self._certificate.subject.rfc4514_string())})"
 
     @property
     def certificate(self) -> x509.Certificate:
@@ -405,7 +405,7 @@ class CertificateAuthority:
 
 def _check_days(validity_days: int) -> None:
     if isinstance(validity_days, bool) or not isinstance(validity_days, int) or validity_days < 1:
-        raise InvalidArgumentError(f"validity_days must be a whole number of days, 1 or more (got {validity_days!r})")
+        raise InvalidArgumentError(f"validity_days must be a whole number of days, 1 or more (got {quote(validity_days)})")
 
 
 def _check_csr_key(public_key) -> None:

@@ -14,6 +14,7 @@ import logging
 from foundation.audit import AuditLog
 from foundation.call_guard import CallGuard
 from foundation.credential_check import CredentialVerifier
+from foundation.wire import MAX_KMS_REQUEST_BYTES
 from foundation.grpc_server import Health, add_reflection, bind_port, new_server
 from foundation.metrics import Metrics
 from foundation.ratelimit import TokenBucketLimiter
@@ -82,7 +83,13 @@ class GatewayServer:
         )
         try:
             for zone, listen in config.listeners.items():
-                server = new_server(metrics=self.metrics)
+                server = new_server(
+                    MAX_KMS_REQUEST_BYTES,
+                    metrics=self.metrics,
+                    refuse=lambda context, operation, error, zone=zone: self.gateway.guard.refuse(
+                        zone, operation, context, error
+                    ),
+                )
                 kms_pb2_grpc.add_KeyManagementServiceServicer_to_server(GatewayKmsServicer(self.gateway, zone), server)
                 admin_pb2_grpc.add_AdminServiceServicer_to_server(GatewayAdminServicer(self.gateway, zone), server)
                 health = Health(server, SERVICE_NAMES)

@@ -30,6 +30,7 @@ from foundation import access_policy as policy
 from foundation.batches import dispatch_batch
 from foundation.call_guard import Call, CallGuard
 from foundation.errors import (
+    quote,
     AliasExistsError,
     InstanceNotFoundError,
     InvalidArgumentError,
@@ -61,7 +62,7 @@ _FORGET_CREDENTIALS = frozenset({"DeleteAccessPoint", "RevokeCredential"})
 
 
 def _where(route: KeyRoute) -> str:
-    return f"dedicated instance {route.instance_id!r}" if route.instance_id else "the shared pool"
+    return f"dedicated instance {quote(route.instance_id)}" if route.instance_id else "the shared pool"
 
 
 class GatewayService:
@@ -259,7 +260,7 @@ class GatewayService:
             instance = None
         if instance is None or instance.tenant_id != call.tenant:
             raise InstanceNotFoundError(
-                f"no dedicated instance {request.instance_id[:80]!r} is registered for tenant {call.tenant!r}"
+                f"no dedicated instance {quote(request.instance_id)} is registered for tenant {quote(call.tenant)}"
             )
         call.enforce(policy.check_route(call.entry, method, instance.policy))
         call.routes.append(f"instance:{instance.instance_id}")

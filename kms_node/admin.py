@@ -22,9 +22,10 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from foundation import access_policy as policy
-from foundation import pki
+from foundation import page_tokens, pki
 from foundation.access_policy import ALL_ROLES, INSTANCE_ID, TENANT_ID, Principal, valid_zone
 from foundation.errors import (
+    quote,
     AccessPointNotFoundError,
     CredentialExpiredError,
     CredentialLimitReachedError,
@@ -37,8 +38,9 @@ from foundation.errors import (
     InvalidArgumentError,
     UnauthenticatedError,
 )
+from foundation.page_tokens import Listing
 from foundation.store_workers import StoreWorkers
-from kms_node.service import clamp_page_size, decode_page_token, encode_page_token, is_uuid
+from kms_node.service import clamp_page_size, is_uuid
 from kms_node.store.admin_base import (
     AccessPoint,
     AccessPointMissing,
@@ -88,7 +90,7 @@ def check_tenant(tenant_id: str) -> None:
     if not tenant_id:
         raise InvalidArgumentError("tenant_id is required")
     if not TENANT_ID.fullmatch(tenant_id):
-        raise InvalidArgumentError(f"tenant_id {tenant_id[:70]!r} must be 1-64 of a-z 0-9 . _ - (starting a-z or 0-9)")
+        raise InvalidArgumentError(f"tenant_id {quote(tenant_id)} must be 1-64 of a-z 0-9 . _ - (starting a-z or 0-9)")
 
 
 def _check_endpoint(endpoint: str, field: str) -> None:
@@ -103,7 +105,7 @@ def _check_endpoint(endpoint: str, field: str) -> None:
         ok = bool(_HOST.fullmatch(host))
     if not ok:
         raise InvalidArgumentError(
-            f"{field} {endpoint[:100]!r} must be host:port (a DNS name, IPv4 address or [IPv6] address, "
+            f"{field} {quote(endpoint)} must be host:port (a DNS name, IPv4 address or [IPv6] address, "
             "and a port 1-65535)"
         )
 
@@ -122,7 +124,7 @@ def _check_zones(zones: Sequence[str], field: str) -> tuple[str, ...]:
     for zone in zones:
         if not valid_zone(zone):
             raise InvalidArgumentError(
-                f"{field}: zone {zone[:40]!r} must be 1-32 of a-z 0-9 and '-', starting with a letter or digit"
+                f"{field}: zone {quote(zone)} must be 1-32 of a-z 0-9 and '-', starting with a letter or digit"
             )
     return _check_list(zones, field)
 
@@ -133,7 +135,7 @@ def _check_key_pattern(pattern: str) -> None:
     if "*" in pattern and _KEY_ID_PATTERN.fullmatch(pattern):
         return
     raise InvalidArgumentError(
-        f"key pattern {pattern[:80]!r} must be a key id (lower-case UUID), an alias 'alias/NAME', or '*'; "
+        f"key pattern {quote(pattern)} must be a key id (lower-case UUID), an alias 'alias/NAME', or '*'; "
         "'*' inside a pattern matches any run of characters"
     )
 
@@ -145,7 +147,7 @@ def _check_cidrs(cidrs: Sequence[str]) -> tuple[str, ...]:
             normalized.append(str(ipaddress.ip_network(cidr.strip(), strict=False)))
         except ValueError:
             raise InvalidArgumentError(
-                f"allowed_cidrs: {cidr[:60]!r} is not a CIDR (IPv4 or IPv6 network, e.g. 10.0.0.0/8)"
+                f"allowed_cidrs: {quote(cidr)} is not a CIDR (IPv4 or IPv6 network, e.g. 10.0.0.0/8)"
             ) from None
     return _check_list(normalized, "allowed_cidrs")
 
@@ -191,7 +193,7 @@ class AdminService:
         access_point = await self._db(self._store.get_access_point, access_point_id)
         if access_point is None:
             raise CredentialRevokedError(
-                f"access point {access_point_id[:80]!r} was deleted and its credentials revoked; use another credential"
+                f"access point {quote(access_point_id)} was deleted and its credentials revoked; use another credential"
             )
         return principal_of(access_point)
 
@@ -218,7 +220,7 @@ class AdminService:
         self._authorize(principal, "RegisterInstance")
         if not INSTANCE_ID.fullmatch(instance_id):
             raise InvalidArgumentError(
-                f"instance_id {instance_id[:80]!r} must be 1-63 of a-z 0-9 and '-', not starting or ending with '-'"
+                f"instance_id {quote(instance_id)} must be 1-63 of a-z 0-9 and '-', not starting or ending with '-'"
             )
         check_tenant(tenant_id)
         if not node_endpoints:
@@ -239,7 +241,7 @@ class AdminService:
         try:
             await self._db(self._store.add_instance, instance)
         except InstanceIdTaken:
-            raise InstanceExistsError(f"instance {instance_id!r} is registered already") from None
+            raise InstanceExistsError(f"instance {quote(instance_id)} is registered already") from None
         log.info("registered instance %s of tenant %s", instance_id, tenant_id)
         return instance
 
@@ -247,7 +249,7 @@ class AdminService:
         """Any registered instance, for the entry points (not an administrative call)."""
         instance = await self._db(self._store.get_instance, instance_id)
         if instance is None:
-            raise InstanceNotFoundError(f"no instance {instance_id[:80]!r} is registered")
+            raise InstanceNotFoundError(f"no instance {quote(instance_id)} is registered")
         return instance
 
     async def describe_instance(self, principal: Principal, instance_id: str) -> Instance:
@@ -255,7 +257,7 @@ class AdminService:
         self._authorize(principal, "DescribeInstance")
         instance = await self._db(self._store.get_instance, instance_id)
         if instance is None or not policy.sees(principal, instance.tenant_id):
-            raise InstanceNotFoundError(f"no instance {instance_id[:80]!r} is registered for your tenant")
+            raise InstanceNotFoundError(f"no instance {quote(instance_id)} is registered for your tenant")
         return instance
 
     async def list_instances(
@@ -266,15 +268,13 @@ class AdminService:
         size = clamp_page_size(page_size)
         after = None
         if page_token:
-            (after,) = decode_page_token(page_token, 1)
-            if not isinstance(after, str):
-                raise InvalidArgumentError("page_token is not one this service issued; start again without it")
+            (after,) = page_tokens.decode(Listing.INSTANCES, page_token)
         tenant = None if principal.operator else principal.tenant_id
         instances = await self._db(self._store.list_instances, tenant, after, size + 1)
         if len(instances) <= size:
             return instances, ""
         instances = instances[:size]
-        return instances, encode_page_token([instances[-1].instance_id])
+        return instances, page_tokens.encode(Listing.INSTANCES, (instances[-1].instance_id,))
 
     # -- access points ----------------------------------------------------------------------
 
@@ -337,7 +337,7 @@ class AdminService:
     def _visible_access_point(self, principal: Principal, access_point_id: str) -> AccessPoint:
         access_point = self._store.get_access_point(access_point_id)
         if access_point is None or not policy.sees(principal, access_point.tenant_id):
-            raise AccessPointNotFoundError(f"no access point {access_point_id[:80]!r} exists in your tenant")
+            raise AccessPointNotFoundError(f"no access point {quote(access_point_id)} exists in your tenant")
         return access_point
 
     def _governed_access_point(self, principal: Principal, access_point_id: str, action: str) -> AccessPoint:
@@ -361,15 +361,12 @@ class AdminService:
         size = clamp_page_size(page_size)
         after = None
         if page_token:
-            created, access_point_id = decode_page_token(page_token, 2)
-            if not isinstance(created, (int, float)) or not isinstance(access_point_id, str):
-                raise InvalidArgumentError("page_token is not one this service issued; start again without it")
-            after = (float(created), access_point_id)
+            after = page_tokens.decode(Listing.ACCESS_POINTS, page_token)
         points = await self._db(self._store.list_access_points, tenant_id, after, size + 1)
         if len(points) <= size:
             return points, ""
         points = points[:size]
-        return points, encode_page_token([points[-1].create_time, points[-1].access_point_id])
+        return points, page_tokens.encode(Listing.ACCESS_POINTS, (points[-1].create_time, points[-1].access_point_id))
 
     async def delete_access_point(self, principal: Principal, access_point_id: str) -> None:
         """Delete an access point the caller covers and revoke all its credentials at once."""
@@ -380,7 +377,7 @@ class AdminService:
             return self._store.delete_access_point(access_point_id, self._clock())
 
         if not await self._db(delete):
-            raise AccessPointNotFoundError(f"no access point {access_point_id[:80]!r} exists in your tenant")
+            raise AccessPointNotFoundError(f"no access point {quote(access_point_id)} exists in your tenant")
         log.info("deleted access point %s and revoked its credentials", access_point_id)
 
     # -- credentials ------------------------------------------------------------------------
@@ -421,10 +418,10 @@ class AdminService:
         try:
             await self._db(self._store.add_credential, credential, MAX_LIVE_CREDENTIALS, now)
         except AccessPointMissing:
-            raise AccessPointNotFoundError(f"access point {access_point_id!r} was deleted meanwhile") from None
+            raise AccessPointNotFoundError(f"access point {quote(access_point_id)} was deleted meanwhile") from None
         except CredentialLimit:
             raise CredentialLimitReachedError(
-                f"access point {access_point.name!r} has {MAX_LIVE_CREDENTIALS} unrevoked, unexpired credentials "
+                f"access point {quote(access_point.name)} has {MAX_LIVE_CREDENTIALS} unrevoked, unexpired credentials "
                 "already; revoke one (RevokeCredential) before issuing another"
             ) from None
         except SerialTaken:  # random 159-bit serials: practically never
@@ -460,7 +457,7 @@ class AdminService:
 
         credential = await self._db(revoke)
         if credential is None:
-            raise CredentialNotFoundError(f"no credential with serial {serial[:80]!r} exists in your tenant")
+            raise CredentialNotFoundError(f"no credential with serial {quote(serial)} exists in your tenant")
         log.info("revoked credential %s", serial)
         return credential
 

@@ -82,6 +82,13 @@ class PrivateEndpointServicer(kms_pb2_grpc.KeyManagementServiceServicer):
             self._zone, method, request, context, lambda call, req: self._handle(call, method, req, context)
         )
 
+    async def refuse(self, context: grpc.aio.ServicerContext, operation: str, error: KeyrelayError) -> None:
+        """Answer a request refused before it was decoded (the server skeleton's `refuse`): the
+        caller authenticated and the call audited like any other."""
+        if self._guard is None:
+            raise NodeNotReadyError("the node is starting; retry shortly")
+        await self._guard.refuse(self._zone, operation, context, error)
+
     async def _resolve(self, call: Call, ref: str):
         return await self._inner.service.describe_key(Caller(call.tenant), ref)
 

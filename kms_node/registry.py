@@ -18,6 +18,7 @@ import uuid
 from typing import Callable, Sequence
 
 from foundation.errors import (
+    quote,
     AliasExistsError,
     AliasNotFoundError,
     InstanceNotFoundError,
@@ -75,10 +76,10 @@ class KeyRegistry:
         if ref.startswith("alias/"):
             key_id = self._store.resolve_alias(tenant_id, ref)
             if key_id is None:
-                raise AliasNotFoundError(f"no key has the alias {ref!r} in tenant {tenant_id!r}")
+                raise AliasNotFoundError(f"no key has the alias {quote(ref)} in tenant {quote(tenant_id)}")
         record = self._store.get_key(key_id)
         if record is None or record.tenant_id != tenant_id:
-            raise KeyNotFoundError(f"no key {ref!r} exists in tenant {tenant_id!r}")
+            raise KeyNotFoundError(f"no key {quote(ref)} exists in tenant {quote(tenant_id)}")
         return record
 
     async def resolve(self, tenant_id: str, ref: str) -> KeyRecord:
@@ -91,7 +92,7 @@ class KeyRegistry:
     def _get_blocking(self, key_id: str) -> KeyRecord:
         record = self._store.get_key(key_id)
         if record is None:
-            raise KeyNotFoundError(f"no key {key_id[:80]!r} is in the registry")
+            raise KeyNotFoundError(f"no key {quote(key_id)} is in the registry")
         if not record.instance_id:
             raise KeyStateConflictError(
                 f"key {key_id} is on the shared pool, not a dedicated instance; its record changes only "
@@ -105,7 +106,7 @@ class KeyRegistry:
         instance = self._admin.get_instance(record.instance_id)
         if instance is None or instance.tenant_id != record.tenant_id:
             raise InstanceNotFoundError(
-                f"no dedicated instance {record.instance_id!r} is registered for tenant {record.tenant_id!r}"
+                f"no dedicated instance {quote(record.instance_id)} is registered for tenant {quote(record.tenant_id)}"
             )
         return self._store.reserve_key(record, alias or None, request_id)
 
@@ -140,12 +141,12 @@ class KeyRegistry:
         try:
             reserved = await self._db(self._reserve_blocking, record, alias, request_id)
         except AliasTaken:
-            raise AliasExistsError(f"alias {alias!r} is taken in tenant {tenant_id!r}; choose another") from None
+            raise AliasExistsError(f"alias {quote(alias)} is taken in tenant {quote(tenant_id)}; choose another") from None
         except RequestIdTaken as taken:
             earlier = taken.args[0]
             raise InvalidArgumentError(
-                f"request_id {request_id[:80]!r} reserved key {earlier.key_id} on instance {earlier.instance_id!r} "
-                f"with alias {earlier.alias or '(none)'!r}; a retry must name the same instance and alias: use a fresh "
+                f"request_id {quote(request_id)} reserved key {earlier.key_id} on instance {quote(earlier.instance_id)} "
+                f"with alias {quote(earlier.alias or '(none)')}; a retry must name the same instance and alias: use a fresh "
                 "request id for another key"
             ) from None
         except KeyIdTaken:  # a UUID collision: practically never
@@ -211,7 +212,7 @@ class KeyRegistry:
                 return await self._db(self._store.replace_aliases, record.evolve(state=state), aliases)
             except AliasTaken as taken:
                 raise AliasExistsError(
-                    f"alias {taken.args[0]!r} belongs to another key of tenant {record.tenant_id!r}"
+                    f"alias {quote(taken.args[0])} belongs to another key of tenant {quote(record.tenant_id)}"
                 ) from None
 
         return await retry_on_conflict(attempt, self._busy(key_id))

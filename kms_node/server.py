@@ -19,6 +19,7 @@ import logging
 from foundation.audit import AuditLog
 from foundation.config import Secret
 from foundation.credential_check import CredentialVerifier
+from foundation.wire import MAX_INTERNAL_REQUEST_BYTES, MAX_KMS_REQUEST_BYTES
 from foundation.grpc_server import Health, add_reflection, bind_port, new_server
 from foundation.metrics import Metrics
 from foundation.pki import CertificateAuthority
@@ -56,7 +57,7 @@ class NodeServer:
         self._pin = pin
         self.metrics = Metrics("node")
         interceptors = [InternalPeerInterceptor(config.tls.gateway_cn)] if config.tls.cert else []
-        self._server = new_server(metrics=self.metrics, interceptors=interceptors)
+        self._server = new_server(MAX_INTERNAL_REQUEST_BYTES, metrics=self.metrics, interceptors=interceptors)
         self._servicer = KeyManagementServicer()
         kms_pb2_grpc.add_KeyManagementServiceServicer_to_server(self._servicer, self._server)
         services = [KMS_SERVICE_NAME]
@@ -75,9 +76,11 @@ class NodeServer:
         self._private_health: Health | None = None
         self._registry_nodes: ReplicaSet | None = None
         if config.private_endpoint.listen:
-            self._private_server = new_server(metrics=self.metrics)
             self._private_servicer = PrivateEndpointServicer(
                 self._servicer, zone=config.private_endpoint.zone, instance_id=config.instance_id
+            )
+            self._private_server = new_server(
+                MAX_KMS_REQUEST_BYTES, metrics=self.metrics, refuse=self._private_servicer.refuse
             )
             kms_pb2_grpc.add_KeyManagementServiceServicer_to_server(self._private_servicer, self._private_server)
             self._private_health = Health(self._private_server, [KMS_SERVICE_NAME])

@@ -8,8 +8,6 @@ threads; this module only composes them. A key belongs to one tenant: another te
 from __future__ import annotations
 
 import asyncio
-import base64
-import json
 import logging
 import os
 import random
@@ -25,7 +23,9 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from foundation import blob_formats as blobs
 from foundation import encryption_context as contexts
+from foundation import page_tokens
 from foundation.errors import (
+    quote,
     AliasExistsError,
     AliasNotFoundError,
     BatchTooLargeError,
@@ -42,6 +42,7 @@ from foundation.errors import (
     PayloadTooLargeError,
     SealedRecordMismatchError,
 )
+from foundation.page_tokens import Listing
 from foundation.key_refs import check_alias, check_ref, is_uuid  # noqa: F401 - the node's, too
 from foundation.store_workers import StoreWorkers
 from foundation.wire import MAX_BATCH_ITEMS
@@ -127,22 +128,6 @@ def _fmt_time(ts: float) -> str:
 def clamp_page_size(requested: int) -> int:
     """The page size to use for a requested one: 0 means 100, at most 1000."""
     return min(requested or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
-
-
-def encode_page_token(position: Sequence[object]) -> str:
-    """An opaque page token holding a listing position (JSON values)."""
-    return base64.urlsafe_b64encode(json.dumps(list(position)).encode()).decode()
-
-
-def decode_page_token(token: str, arity: int) -> list:
-    """The position in a token from `encode_page_token`; InvalidArgumentError if it is not one."""
-    try:
-        position = json.loads(base64.urlsafe_b64decode(token.encode()))
-    except ValueError:
-        position = None
-    if not isinstance(position, list) or len(position) != arity:
-        raise InvalidArgumentError("page_token is not one this service issued; start again without it")
-    return position
 
 
 def _check_context(context: Mapping[str, str]) -> bytes:
@@ -272,11 +257,11 @@ class KeyService:
         if ref.startswith("alias/"):
             found = self._store.resolve_alias(caller.tenant_id, ref)
             if found is None:
-                raise AliasNotFoundError(f"no key has the alias {ref[:80]!r} in tenant {caller.tenant_id!r}")
+                raise AliasNotFoundError(f"no key has the alias {quote(ref)} in tenant {quote(caller.tenant_id)}")
             key_id = found
         record = self._store.get_key(key_id)
         if record is None or record.tenant_id != caller.tenant_id:
-            raise KeyNotFoundError(f"no key {ref[:80]!r} exists in tenant {caller.tenant_id!r}")
+            raise KeyNotFoundError(f"no key {quote(ref)} exists in tenant {quote(caller.tenant_id)}")
         if record.state == KeyState.CREATING:
             raise KeyStateConflictError(f"key {record.key_id} is still being created; retry shortly")
         if local:
@@ -335,7 +320,7 @@ class KeyService:
         for tag_key, tag_value in tags.items():
             if not 1 <= len(tag_key) <= MAX_TAG_KEY or len(tag_value) > MAX_TAG_VALUE:
                 raise InvalidArgumentError(
-                    f"tag {tag_key[:40]!r}: keys are 1-{MAX_TAG_KEY} characters, values at most {MAX_TAG_VALUE}"
+                    f"tag {quote(tag_key)}: keys are 1-{MAX_TAG_KEY} characters, values at most {MAX_TAG_VALUE}"
                 )
         if alias:
             check_alias(alias)
@@ -343,15 +328,15 @@ class KeyService:
             raise InvalidArgumentError(f"key_spec {key_spec} is not supported; use KEY_SPEC_AES_256")
         if self._mode == "shared" and instance_id:
             raise InvalidArgumentError(
-                f"this is a shared KMS node; keys of dedicated instance {instance_id!r} are created through "
+                f"this is a shared KMS node; keys of dedicated instance {quote(instance_id)} are created through "
                 "the gateway or on the instance's own node"
             )
         if self._mode == "dedicated" and instance_id and instance_id != self._instance_id:
             raise InvalidArgumentError(
-                f"this node serves dedicated instance {self._instance_id!r}, not {instance_id!r}"
+                f"this node serves dedicated instance {quote(self._instance_id)}, not {quote(instance_id)}"
             )
         if key_id and not is_uuid(key_id):
-            raise InvalidArgumentError(f"key_id {key_id[:80]!r} must be a lower-case UUID")
+            raise InvalidArgumentError(f"key_id {quote(key_id)} must be a lower-case UUID")
         key_id = key_id or str(uuid.uuid4())
         wrapped = await self._hsm.run(lambda session: session.generate_wrapped_key())
         now = self._clock()
@@ -371,7 +356,7 @@ class KeyService:
         try:
             created = await self._db(self._store.create_key, record, alias or None)
         except AliasTaken:
-            raise AliasExistsError(f"alias {alias!r} is taken in tenant {caller.tenant_id!r}; choose another") from None
+            raise AliasExistsError(f"alias {quote(alias)} is taken in tenant {quote(caller.tenant_id)}; choose another") from None
         except KeyIdTaken:
             raise KeyExistsError(f"a key with id {key_id} exists already") from None
         log.info("created key %s for tenant %s", key_id, caller.tenant_id)
@@ -386,16 +371,12 @@ class KeyService:
         size = clamp_page_size(page_size)
         after = None
         if page_token:
-            created, key_id = decode_page_token(page_token, 2)
-            try:
-                after = (float(created), str(key_id))
-            except (ValueError, TypeError):
-                raise InvalidArgumentError("page_token is not one this service issued; start again without it") from None
+            after = page_tokens.decode(Listing.KEYS, page_token)
         records = await self._db(self._store.list_keys, caller.tenant_id, after, size + 1)
         next_token = ""
         if len(records) > size:
             records = records[:size]
-            next_token = encode_page_token([records[-1].create_time, records[-1].key_id])
+            next_token = page_tokens.encode(Listing.KEYS, (records[-1].create_time, records[-1].key_id))
         return records, next_token
 
     async def enable_key(self, caller: Caller, ref: str) -> KeyRecord:
@@ -493,12 +474,12 @@ class KeyService:
             record = await self._lookup(caller, ref)
             _not_pending(record, "alias it")
             if alias in record.aliases:
-                raise AliasExistsError(f"alias {alias!r} is taken: it already points at key {record.key_id}")
+                raise AliasExistsError(f"alias {quote(alias)} is taken: it already points at key {record.key_id}")
             try:
                 return await self._db(self._store.replace_aliases, record, (*record.aliases, alias))
             except AliasTaken:
                 raise AliasExistsError(
-                    f"alias {alias!r} is taken in tenant {caller.tenant_id!r}; delete it first"
+                    f"alias {quote(alias)} is taken in tenant {quote(caller.tenant_id)}; delete it first"
                 ) from None
 
         return await retry_on_conflict(
@@ -510,7 +491,7 @@ class KeyService:
         check_alias(alias)
         key_id = await self._db(self._delete_alias_blocking, caller, alias)
         if key_id is None:
-            raise AliasNotFoundError(f"no alias {alias!r} exists in tenant {caller.tenant_id!r}")
+            raise AliasNotFoundError(f"no alias {quote(alias)} exists in tenant {quote(caller.tenant_id)}")
         return key_id
 
     def _delete_alias_blocking(self, caller: Caller, alias: str) -> str | None:
@@ -731,7 +712,7 @@ class KeyService:
         """Encrypt a public-key bundle under a fresh DEK bound to (user, version, key) and wrap the
         DEK under the CMK. Neither is stored here."""
         if not _USER_ID.fullmatch(user_id):
-            raise InvalidArgumentError(f"user_id {user_id[:80]!r} must be 1-64 of a-z 0-9 . _ -")
+            raise InvalidArgumentError(f"user_id {quote(user_id)} must be 1-64 of a-z 0-9 . _ -")
         if not bundle:
             raise InvalidArgumentError("public_key_bundle is empty")
         if len(bundle) > MAX_BUNDLE_BYTES:
@@ -776,7 +757,7 @@ class KeyService:
             )
         except InvalidTag:
             raise SealedRecordMismatchError(
-                f"the sealed record does not open as user {sealed.user_id!r}, bundle version "
+                f"the sealed record does not open as user {quote(sealed.user_id)}, bundle version "
                 f"{sealed.bundle_version}: it was sealed for another user or version, or altered. "
                 "Do not trust this directory entry"
             ) from None

@@ -14,7 +14,7 @@ import grpc
 
 from foundation.access_policy import TENANT_ID
 from foundation.batches import item_error
-from foundation.errors import InvalidArgumentError, NodeNotReadyError
+from foundation.errors import InvalidArgumentError, NodeNotReadyError, quote
 from foundation.proto_time import timestamp
 from foundation.wire import TENANT_METADATA_KEY
 from keyrelay.v1 import kms_pb2, kms_pb2_grpc
@@ -77,7 +77,7 @@ class KeyManagementServicer(kms_pb2_grpc.KeyManagementServiceServicer):
         for key, value in context.invocation_metadata() or ():
             if key == TENANT_METADATA_KEY:
                 if not TENANT_ID.fullmatch(value):
-                    raise InvalidArgumentError(f"tenant {value[:70]!r} must be 1-64 of a-z 0-9 . _ - (starting alnum)")
+                    raise InvalidArgumentError(f"tenant {quote(value)} must be 1-64 of a-z 0-9 . _ - (starting alnum)")
                 return Caller(value)
         return Caller(DEFAULT_TENANT)
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
+from foundation.wire import MAX_RELAY_REQUEST_BYTES
 from foundation.grpc_server import Health, add_reflection, bind_port, new_server
 from foundation.metrics import Metrics
 from foundation.ratelimit import TokenBucketLimiter
@@ -27,9 +28,6 @@ SERVICE_NAMES = [
     relay_pb2.DESCRIPTOR.services_by_name["RelayService"].full_name,
     directory_pb2.DESCRIPTOR.services_by_name["DirectoryService"].full_name,
 ]
-# Envelopes are at most 256 KiB; a larger request still reaches the servicer (up to this size) so
-# that it is refused with ENVELOPE_TOO_LARGE rather than grpc's bare size error.
-MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 
 
 class RelayServer:
@@ -70,7 +68,7 @@ class RelayServer:
         except BaseException:
             await self._release()
             raise
-        server = new_server(MAX_MESSAGE_BYTES, metrics=self.metrics)
+        server = new_server(MAX_RELAY_REQUEST_BYTES, metrics=self.metrics)
         relay_pb2_grpc.add_RelayServiceServicer_to_server(RelayServicer(self.service), server)
         directory_pb2_grpc.add_DirectoryServiceServicer_to_server(DirectoryServicer(self.service), server)
         self._health = Health(server, SERVICE_NAMES)

@@ -25,6 +25,7 @@ from collections import OrderedDict
 from typing import AsyncIterator, Callable, Sequence
 
 from foundation.errors import (
+    quote,
     AccountExistsError,
     BatchTooLargeError,
     InvalidArgumentError,
@@ -227,7 +228,7 @@ class RelayService:
         try:
             await self._workers(self._store.create_account, user_id, hash_token(token), self._clock())
         except AccountTaken:
-            raise AccountExistsError(f"the user id {user_id!r} is taken on this relay; choose another") from None
+            raise AccountExistsError(f"the user id {quote(user_id)} is taken on this relay; choose another") from None
         log.info("account %s created", user_id)
         return user_id, token
 
@@ -263,7 +264,7 @@ class RelayService:
         check_user_id(record.user_id, "record user id")
         if record.user_id != caller:
             raise PermissionDeniedError(
-                f"account {caller!r} cannot publish a record for {record.user_id!r}: publish only your own"
+                f"account {quote(caller)} cannot publish a record for {quote(record.user_id)}: publish only your own"
             )
         if record.record_version < 1:
             raise InvalidArgumentError("record_version must be 1 or more")
@@ -285,7 +286,7 @@ class RelayService:
                 f"{exc.newest}; publish version {exc.newest + 1} or later"
             ) from None
         except UnknownUser:
-            raise UserNotFoundError(f"no account named {caller!r} on this relay") from None
+            raise UserNotFoundError(f"no account named {quote(caller)} on this relay") from None
 
     async def get_record(self, user_id: str, record_version: int = 0) -> PublishedRecord:
         """A user's newest record, or the given version."""
@@ -294,10 +295,10 @@ class RelayService:
         if record is not None:
             return record
         if not await self._workers(self._store.account_exists, user_id):
-            raise UserNotFoundError(f"no account named {user_id!r} on this relay")
+            raise UserNotFoundError(f"no account named {quote(user_id)} on this relay")
         if record_version:
-            raise UserNotFoundError(f"{user_id!r} has no record version {record_version}")
-        raise UserNotFoundError(f"{user_id!r} has not published a record yet")
+            raise UserNotFoundError(f"{quote(user_id)} has no record version {record_version}")
+        raise UserNotFoundError(f"{quote(user_id)} has not published a record yet")
 
     # -- mailboxes ---------------------------------------------------------------------------
 
@@ -321,15 +322,15 @@ class RelayService:
         )
         result = await self._batcher.submit(message)
         if isinstance(result, UnknownUser):
-            raise UserNotFoundError(f"no account named {recipient!r} on this relay; check the recipient's user id")
+            raise UserNotFoundError(f"no account named {quote(recipient)} on this relay; check the recipient's user id")
         if isinstance(result, MailboxFull):
             raise MailboxFullError(
-                f"{recipient!r}'s mailbox is full (its {result.limit} limit); the message was not stored: "
+                f"{quote(recipient)}'s mailbox is full (its {result.limit} limit); the message was not stored: "
                 "retry later, once the recipient has read its messages"
             )
         if isinstance(result, ClientMessageIdReused):
             raise InvalidArgumentError(
-                f"client_message_id {client_message_id!r} was already used for a different message; "
+                f"client_message_id {quote(client_message_id)} was already used for a different message; "
                 "use a new id for each message and the same id only to retry"
             )
         if isinstance(result, Exception):

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import grpc
 
-from foundation.errors import InvalidArgumentError, UnauthenticatedError
+from foundation.errors import InvalidArgumentError, UnauthenticatedError, quote
 from foundation.proto_time import timestamp
 from foundation.tls import peer_ip
 from keyrelay.v1 import directory_pb2, directory_pb2_grpc, kms_pb2, relay_pb2, relay_pb2_grpc
@@ -107,8 +107,8 @@ class DirectoryServicer(directory_pb2_grpc.DirectoryServiceServicer):
         record, sealed = request.record, request.record.sealed
         if sealed.user_id != record.user_id or sealed.bundle_version != record.record_version:
             raise InvalidArgumentError(
-                f"the sealed record is for user {sealed.user_id!r} version {sealed.bundle_version}, but the record "
-                f"names user {record.user_id!r} version {record.record_version}: they must be equal"
+                f"the sealed record is for user {quote(sealed.user_id)} version {sealed.bundle_version}, but the record "
+                f"names user {quote(record.user_id)} version {record.record_version}: they must be equal"
             )
         stored = await self._service.publish_record(
             caller,

@@ -224,7 +224,7 @@ async def test_instances_on_the_wire(node):
     await expect(node.stub.DescribeInstance(admin_pb2.DescribeInstanceRequest(instance_id="acme-ded"), metadata=GLOBEX),
                  grpc.StatusCode.NOT_FOUND, "INSTANCE_NOT_FOUND")
     await expect(node.stub.ListInstances(admin_pb2.ListInstancesRequest(page_token="bad!"), metadata=ACME),
-                 grpc.StatusCode.INVALID_ARGUMENT, "INVALID_ARGUMENT", "page_token")
+                 grpc.StatusCode.INVALID_ARGUMENT, "INVALID_PAGE_TOKEN", "page_token")
     for tenant in ("globex", "acme"):
         request = admin_pb2.RegisterInstanceRequest(instance_id="g", tenant_id=tenant, node_endpoints=["h:1"])
         await expect(node.stub.RegisterInstance(request, metadata=ACME), grpc.StatusCode.PERMISSION_DENIED,

@@ -27,7 +27,7 @@ SUBCLASSES = [cls for cls in CLASSES if cls is not KeyrelayError]
 
 def test_hierarchy_is_complete():
     """The walk finds every class of the documented tree (guards the parametrized tests below)."""
-    assert len(CLASSES) == 43
+    assert len(CLASSES) == 46
     assert errors.KeyVersionRetiredError in CLASSES and errors.HsmUnavailableError in CLASSES
     assert errors.MailboxFullError in CLASSES and errors.EnvelopeTooLargeError in CLASSES
 
@@ -95,15 +95,31 @@ def test_reason_of_another_code_falls_back_to_the_code_class():
 
 def test_unmapped_code_keeps_code_and_reason():
     """A status code no class owns gives a KeyrelayError that still carries the real code."""
-    err = from_status(grpc.StatusCode.UNIMPLEMENTED, "no such method", "KEY_STATE_CONFLICT", request_id="r")
+    err = from_status(grpc.StatusCode.OUT_OF_RANGE, "no such page", "KEY_STATE_CONFLICT", request_id="r")
     assert type(err) is KeyrelayError
-    assert err.code == grpc.StatusCode.UNIMPLEMENTED
+    assert err.code == grpc.StatusCode.OUT_OF_RANGE
     assert err.reason == "KEY_STATE_CONFLICT"
     assert err.request_id == "r"
     bare = from_status(grpc.StatusCode.DATA_LOSS, "lost", None)
     assert (bare.code, bare.reason) == (grpc.StatusCode.DATA_LOSS, "UNSPECIFIED")
     # The class attributes are untouched by the per-instance override.
     assert KeyrelayError.code == grpc.StatusCode.UNKNOWN and KeyrelayError.reason == "UNSPECIFIED"
+
+
+def test_a_status_without_reason_is_not_given_one():
+    """gRPC's own RESOURCE_EXHAUSTED (a size or metadata limit) is not reported as a rate limit."""
+    err = from_status(grpc.StatusCode.RESOURCE_EXHAUSTED, "received metadata size exceeds hard limit", None)
+    assert isinstance(err, errors.ResourceExhaustedError)
+    assert err.reason == "UNSPECIFIED"
+    assert errors.ResourceExhaustedError.reason == "RATE_LIMITED"
+
+
+def test_quote_bounds_and_escapes_caller_text():
+    assert errors.quote("alias/x") == "'alias/x'"
+    long = errors.quote("p" * 20000)
+    assert long == "'" + "p" * errors.QUOTE_CHARS + "…'"
+    assert errors.quote("a\nb") == "'a\\nb'"  # one line, the newline escaped
+    assert errors.quote("\x00" * 1000).isprintable() and len(errors.quote("\x00" * 1000)) < 4 * errors.QUOTE_CHARS + 8
 
 
 def test_catching_by_branch():

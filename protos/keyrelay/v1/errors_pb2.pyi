@@ -46,6 +46,9 @@ class ErrorReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     ERROR_REASON_INTERNAL: _ClassVar[ErrorReason]
     ERROR_REASON_INSTANCE_EXISTS: _ClassVar[ErrorReason]
     ERROR_REASON_REVISION_CONFLICT: _ClassVar[ErrorReason]
+    ERROR_REASON_MALFORMED_REQUEST: _ClassVar[ErrorReason]
+    ERROR_REASON_INVALID_PAGE_TOKEN: _ClassVar[ErrorReason]
+    ERROR_REASON_UNKNOWN_METHOD: _ClassVar[ErrorReason]
 ERROR_REASON_UNSPECIFIED: ErrorReason
 ERROR_REASON_INVALID_ARGUMENT: ErrorReason
 ERROR_REASON_PAYLOAD_TOO_LARGE: ErrorReason
@@ -85,6 +88,9 @@ ERROR_REASON_UPSTREAM_UNAVAILABLE: ErrorReason
 ERROR_REASON_INTERNAL: ErrorReason
 ERROR_REASON_INSTANCE_EXISTS: ErrorReason
 ERROR_REASON_REVISION_CONFLICT: ErrorReason
+ERROR_REASON_MALFORMED_REQUEST: ErrorReason
+ERROR_REASON_INVALID_PAGE_TOKEN: ErrorReason
+ERROR_REASON_UNKNOWN_METHOD: ErrorReason
 
 class ItemError(_message.Message):
     __slots__ = ("code", "reason", "message")
