@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PROTO_FILES := $(wildcard protos/keyrelay/v1/*.proto)
 
-.PHONY: setup system-deps venv protos check-protos lint-protos test test-unit test-integration test-e2e demo bench bench-node bench-gateway bench-relay bench-scale clean
+.PHONY: setup system-deps venv protos check-protos lint-protos test test-unit test-integration test-e2e fuzz demo bench bench-node bench-gateway bench-relay bench-scale clean
 
 setup: system-deps venv
 
@@ -117,6 +117,12 @@ test-integration: setup
 
 test-e2e: setup
 	$(PY) -m pytest -q tests/e2e
+
+# Every RPC of every daemon fed hostile request bodies (tests/integration/test_fuzz_rpc.py), with
+# far more calls than `make test` makes; a failing run names a seed, KEYRELAY_FUZZ_SEED=N replays it.
+FUZZ_EXAMPLES ?= 50000
+fuzz: setup
+	KEYRELAY_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(PY) -m pytest -q tests/integration/test_fuzz_rpc.py
 
 demo: setup
 	$(PY) scripts/demo.py

@@ -20,13 +20,16 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 import time
+import traceback
 import uuid
 from typing import Any, Awaitable, Callable, Iterable, Sequence
 
 import grpc
+from grpc._cython import cygrpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
@@ -72,16 +75,32 @@ def _status_message(message: str) -> str:
     return message[: MAX_STATUS_MESSAGE - 1] + "…"
 
 
+def _clear_frames(exc: BaseException) -> None:
+    """Clear the locals of every finished frame in the tracebacks of `exc` and the errors it was
+    raised from or while handling (an upstream's failed call, holding the forwarded request)."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        traceback.clear_frames(exc.__traceback__)
+        exc = exc.__cause__ or exc.__context__
+
+
 async def _answer_error(
     context: grpc.aio.ServicerContext, exc: BaseException, method: str, request_id: str
 ) -> None:
+    """Abort the call with `exc` as its status. The frames of `exc`'s traceback are cleared first
+    (after logging): grpc keeps the abort in a reference cycle with the traceback, which would
+    otherwise hold every request and local of the failed call until a full garbage collection;
+    under a flood of large refused requests that is hundreds of megabytes."""
     if isinstance(exc, KeyrelayError):
+        _clear_frames(exc)
         trailers = [(REQUEST_ID_METADATA_KEY, request_id)]
         if exc.reason != "UNSPECIFIED":
             trailers.append((REASON_METADATA_KEY, exc.reason))
         context.set_trailing_metadata(tuple(trailers))
         await context.abort(exc.code, _status_message(exc.message))
     log.error("unexpected error in %s", method, exc_info=exc)
+    _clear_frames(exc)
     context.set_trailing_metadata(
         ((REASON_METADATA_KEY, "INTERNAL"), (REQUEST_ID_METADATA_KEY, request_id))
     )
@@ -214,29 +233,43 @@ class _Entry:
 
 def _wrap_unary(behavior: Callable[..., Awaitable[Any]], method: str, entry: _Entry, decoder: RequestDecoder | None):
     operation = method.rpartition("/")[2]
-    budget = entry.budget
+    budget = entry.budget if decoder is not None else None
+
+    async def serve(body: Any, context: grpc.aio.ServicerContext) -> Any:
+        if budget is None:
+            return await behavior(await entry.decode(decoder, body, context, operation), context)
+        size = len(body)
+        await budget.acquire(size)
+        try:
+            request = await entry.decode(decoder, body, context, operation)
+            del body  # the message holds what is needed; let the bytes go
+            return await behavior(request, context)
+        finally:
+            await budget.release(size)
 
     async def wrapped(body: Any, context: grpc.aio.ServicerContext) -> Any:
+        # Only `serve`'s frame holds the body and the request: `_Call` clears it when the call
+        # fails, so an error's traceback (which grpc keeps in a reference cycle) keeps neither.
+        work = serve(body, context)
+        del body
         async with _Call(context, method, entry.metrics):
-            if budget is None or decoder is None:
-                return await behavior(await entry.decode(decoder, body, context, operation), context)
-            size = len(body)
-            await budget.acquire(size)
-            try:
-                request = await entry.decode(decoder, body, context, operation)
-                del body  # the message holds what is needed; let the bytes go
-                return await behavior(request, context)
-            finally:
-                await budget.release(size)
+            return await work
 
     return wrapped
+
+
+#: What grpc raises when a write cannot be sent because the stream is gone (the client cancelled
+#: or disconnected). grpc names no public class for it.
+_STREAM_GONE: tuple[type[BaseException], ...] = tuple(
+    cls for cls in (getattr(cygrpc, "ExecuteBatchError", None),) if cls is not None
+)
 
 
 def _wrap_stream(behavior: Callable[..., Any], method: str, entry: _Entry, decoder: RequestDecoder | None):
     operation = method.rpartition("/")[2]
     budget = entry.budget
 
-    async def wrapped(body: Any, context: grpc.aio.ServicerContext):
+    async def wrapped(body: Any, context: grpc.aio.ServicerContext) -> None:
         async with _Call(context, method, entry.metrics):
             # A stream holds its budget share only while its request is decoded: it may stay open
             # for hours with nothing in flight.
@@ -248,8 +281,18 @@ def _wrap_stream(behavior: Callable[..., Any], method: str, entry: _Entry, decod
             finally:
                 if size:
                     await budget.release(size)
-            async for item in behavior(request, context):
-                yield item
+            del body
+            # The handler's items are written here rather than yielded to grpc: a client that
+            # leaves mid-stream then ends the call quietly (grpc logs a failed write of a yielded
+            # item as an error), and the handler's generator is closed in this call's own task
+            # and context, not by a finaliser somewhere else.
+            async with contextlib.aclosing(behavior(request, context)) as items:
+                async for item in items:
+                    try:
+                        await context.write(item)
+                    except _STREAM_GONE:
+                        log.debug("the client of %s left mid-stream", method)
+                        return
 
     return wrapped
 

@@ -26,12 +26,13 @@ MAX_BATCH_ITEMS = 1000
 MAX_BATCH_KEYS = 100
 
 #: The largest KeyManagementService or AdminService request body a gateway or private endpoint
-#: takes: a batch of 1000 data-key blobs with their contexts fits several times over, and the
-#: largest single-item request (ReEncrypt of a 4 KiB plaintext's blob with two full encryption
-#: contexts) about six times. Larger bodies are refused by gRPC's transport before any handler.
-MAX_KMS_REQUEST_BYTES = 1024 * 1024
+#: takes: a batch of 1000 data-key blobs with short encryption contexts fits, and the largest
+#: single-item request (ReEncrypt of a 4 KiB plaintext's blob with two full encryption contexts,
+#: about 155 KiB) three times over. gRPC's transport refuses larger bodies before any handler runs.
+#: It bounds memory: a daemon holds every body in flight, several times over.
+MAX_KMS_REQUEST_BYTES = 512 * 1024
 #: A node's internal port takes a little more: the gateway rewrites aliases to key ids on the way.
-MAX_INTERNAL_REQUEST_BYTES = MAX_KMS_REQUEST_BYTES + 128 * 1024
-#: The largest relay request body: twice the largest envelope (256 KiB), so a larger envelope up
-#: to this size is refused with ENVELOPE_TOO_LARGE rather than gRPC's bare size error.
-MAX_RELAY_REQUEST_BYTES = 512 * 1024
+MAX_INTERNAL_REQUEST_BYTES = MAX_KMS_REQUEST_BYTES + 64 * 1024
+#: The largest relay request body: the largest envelope (256 KiB) and room to refuse a somewhat
+#: larger one with ENVELOPE_TOO_LARGE rather than gRPC's bare size error.
+MAX_RELAY_REQUEST_BYTES = 320 * 1024

@@ -468,7 +468,7 @@ class AdminService:
             "the client certificate is not a credential this KMS issued; issue one (IssueCredential)"
         )
         credential = self._store.get_credential(serial) if serial else None
-        if credential is None or not hmac.compare_digest(credential.fingerprint_sha256, fingerprint):
+        if credential is None or not hmac.compare_digest(credential.fingerprint_sha256.encode(), fingerprint.encode()):
             raise unknown
         if credential.revoked:
             raise CredentialRevokedError(

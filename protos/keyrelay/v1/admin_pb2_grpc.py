@@ -50,6 +50,13 @@ class AdminServiceStub:
     `keyrelay-access-point`; the node authorizes the call against that access
     point as its own store holds it.
 
+    Limits: a request body is at most 512 KiB (524288 bytes) at the gateway; gRPC refuses a larger one with RESOURCE_EXHAUSTED
+    before any handler runs. Field limits are given with each RPC and field.
+    A body that is not a valid message of the request type, or holds a uint64
+    above 2^63-1, fails with INVALID_ARGUMENT MALFORMED_REQUEST; an unknown
+    method with UNIMPLEMENTED UNKNOWN_METHOD. Error messages quote request
+    fields only in part (at most 64 characters) and are at most 1 KiB.
+
     Any RPC may also fail with: UNAUTHENTICATED (UNAUTHENTICATED,
     CREDENTIAL_REVOKED, CREDENTIAL_EXPIRED); PERMISSION_DENIED
     NETWORK_NOT_ALLOWED; RESOURCE_EXHAUSTED RATE_LIMITED; UNAVAILABLE
@@ -139,6 +146,13 @@ class AdminServiceServicer:
     `keyrelay-access-point`; the node authorizes the call against that access
     point as its own store holds it.
 
+    Limits: a request body is at most 512 KiB (524288 bytes) at the gateway; gRPC refuses a larger one with RESOURCE_EXHAUSTED
+    before any handler runs. Field limits are given with each RPC and field.
+    A body that is not a valid message of the request type, or holds a uint64
+    above 2^63-1, fails with INVALID_ARGUMENT MALFORMED_REQUEST; an unknown
+    method with UNIMPLEMENTED UNKNOWN_METHOD. Error messages quote request
+    fields only in part (at most 64 characters) and are at most 1 KiB.
+
     Any RPC may also fail with: UNAUTHENTICATED (UNAUTHENTICATED,
     CREDENTIAL_REVOKED, CREDENTIAL_EXPIRED); PERMISSION_DENIED
     NETWORK_NOT_ALLOWED; RESOURCE_EXHAUSTED RATE_LIMITED; UNAVAILABLE
@@ -170,7 +184,8 @@ class AdminServiceServicer:
     def ListInstances(self, request, context):
         """Lists the instances of the tenants the caller administers, one page at a
         time, in a stable order.
-        Errors: INVALID_ARGUMENT INVALID_ARGUMENT (page token not valid).
+        Errors: INVALID_ARGUMENT INVALID_PAGE_TOKEN (a page_token this call did
+        not return).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -198,7 +213,8 @@ class AdminServiceServicer:
     def ListAccessPoints(self, request, context):
         """Lists the access points of one tenant, one page at a time, in a stable
         order.
-        Errors: INVALID_ARGUMENT INVALID_ARGUMENT (page token not valid).
+        Errors: INVALID_ARGUMENT INVALID_PAGE_TOKEN (a page_token this call did
+        not return).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -330,6 +346,13 @@ class AdminService:
     gateway, which forwards the caller's access point id as metadata
     `keyrelay-access-point`; the node authorizes the call against that access
     point as its own store holds it.
+
+    Limits: a request body is at most 512 KiB (524288 bytes) at the gateway; gRPC refuses a larger one with RESOURCE_EXHAUSTED
+    before any handler runs. Field limits are given with each RPC and field.
+    A body that is not a valid message of the request type, or holds a uint64
+    above 2^63-1, fails with INVALID_ARGUMENT MALFORMED_REQUEST; an unknown
+    method with UNIMPLEMENTED UNKNOWN_METHOD. Error messages quote request
+    fields only in part (at most 64 characters) and are at most 1 KiB.
 
     Any RPC may also fail with: UNAUTHENTICATED (UNAUTHENTICATED,
     CREDENTIAL_REVOKED, CREDENTIAL_EXPIRED); PERMISSION_DENIED

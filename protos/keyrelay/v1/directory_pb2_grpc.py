@@ -34,6 +34,13 @@ class DirectoryServiceStub:
     KeyManagementService.SealPublicKey and publishes the result here; a reader
     fetches a record here and opens it with KeyManagementService.OpenPublicKey.
 
+    Limits: a request body is at most 320 KiB (327680 bytes); gRPC refuses a
+    larger one with RESOURCE_EXHAUSTED before any handler runs. A body that is
+    not a valid message of the request type, or holds a uint64 above 2^63-1,
+    fails with INVALID_ARGUMENT MALFORMED_REQUEST (before authentication); an
+    unknown method with UNIMPLEMENTED UNKNOWN_METHOD. Error messages quote
+    request fields only in part (at most 64 characters) and are at most 1 KiB.
+
     Authentication: call metadata `authorization: Bearer <device token>`, the
     token returned by RelayService.CreateAccount. Missing or invalid token:
     UNAUTHENTICATED UNAUTHENTICATED. Any RPC may also fail with
@@ -67,6 +74,13 @@ class DirectoryServiceServicer:
     keys it serves. A writer seals its PublicKeyBundle with
     KeyManagementService.SealPublicKey and publishes the result here; a reader
     fetches a record here and opens it with KeyManagementService.OpenPublicKey.
+
+    Limits: a request body is at most 320 KiB (327680 bytes); gRPC refuses a
+    larger one with RESOURCE_EXHAUSTED before any handler runs. A body that is
+    not a valid message of the request type, or holds a uint64 above 2^63-1,
+    fails with INVALID_ARGUMENT MALFORMED_REQUEST (before authentication); an
+    unknown method with UNIMPLEMENTED UNKNOWN_METHOD. Error messages quote
+    request fields only in part (at most 64 characters) and are at most 1 KiB.
 
     Authentication: call metadata `authorization: Bearer <device token>`, the
     token returned by RelayService.CreateAccount. Missing or invalid token:
@@ -127,6 +141,13 @@ class DirectoryService:
     keys it serves. A writer seals its PublicKeyBundle with
     KeyManagementService.SealPublicKey and publishes the result here; a reader
     fetches a record here and opens it with KeyManagementService.OpenPublicKey.
+
+    Limits: a request body is at most 320 KiB (327680 bytes); gRPC refuses a
+    larger one with RESOURCE_EXHAUSTED before any handler runs. A body that is
+    not a valid message of the request type, or holds a uint64 above 2^63-1,
+    fails with INVALID_ARGUMENT MALFORMED_REQUEST (before authentication); an
+    unknown method with UNIMPLEMENTED UNKNOWN_METHOD. Error messages quote
+    request fields only in part (at most 64 characters) and are at most 1 KiB.
 
     Authentication: call metadata `authorization: Bearer <device token>`, the
     token returned by RelayService.CreateAccount. Missing or invalid token:

@@ -59,6 +59,14 @@ class KeyManagementServiceStub:
     endpoint), checked against the caller's key patterns, and the call then
     runs on the key they resolved to, even if an alias moves meanwhile.
 
+    Limits: a request body is at most 512 KiB (524288 bytes) at the gateway
+    and private endpoints; gRPC refuses a larger one with RESOURCE_EXHAUSTED
+    before any handler runs. Field limits are given with each RPC and field.
+    A body that is not a valid message of the request type, or holds a uint64
+    above 2^63-1, fails with INVALID_ARGUMENT MALFORMED_REQUEST; an unknown
+    method with UNIMPLEMENTED UNKNOWN_METHOD. Error messages quote request
+    fields only in part (at most 64 characters) and are at most 1 KiB.
+
     Any RPC may also fail with: UNAUTHENTICATED (UNAUTHENTICATED,
     CREDENTIAL_REVOKED, CREDENTIAL_EXPIRED); PERMISSION_DENIED
     (PERMISSION_DENIED when the access point's roles or key patterns do not
@@ -217,6 +225,14 @@ class KeyManagementServiceServicer:
     endpoint), checked against the caller's key patterns, and the call then
     runs on the key they resolved to, even if an alias moves meanwhile.
 
+    Limits: a request body is at most 512 KiB (524288 bytes) at the gateway
+    and private endpoints; gRPC refuses a larger one with RESOURCE_EXHAUSTED
+    before any handler runs. Field limits are given with each RPC and field.
+    A body that is not a valid message of the request type, or holds a uint64
+    above 2^63-1, fails with INVALID_ARGUMENT MALFORMED_REQUEST; an unknown
+    method with UNIMPLEMENTED UNKNOWN_METHOD. Error messages quote request
+    fields only in part (at most 64 characters) and are at most 1 KiB.
+
     Any RPC may also fail with: UNAUTHENTICATED (UNAUTHENTICATED,
     CREDENTIAL_REVOKED, CREDENTIAL_EXPIRED); PERMISSION_DENIED
     (PERMISSION_DENIED when the access point's roles or key patterns do not
@@ -255,7 +271,8 @@ class KeyManagementServiceServicer:
         the shared registry records them: id, state, aliases, instance_id and
         create_time; DescribeKey returns their full metadata. An access point
         sees only the keys its key patterns cover.
-        Errors: INVALID_ARGUMENT INVALID_ARGUMENT (page token not valid).
+        Errors: INVALID_ARGUMENT INVALID_PAGE_TOKEN (a page_token this call did
+        not return).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -414,7 +431,9 @@ class KeyManagementServiceServicer:
         BATCH_TOO_LARGE (more than 1000 items, or blobs of more than 100 distinct
         keys); RESOURCE_EXHAUSTED RATE_LIMITED when the tenant's rate limit does
         not have one token per item left; plus the authentication, permission and
-        availability errors common to all RPCs.
+        availability errors common to all RPCs. The whole request is at most
+        512 KiB: 1000 data-key blobs fit with encryption contexts of up to ~300
+        bytes each; split larger batches.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -424,7 +443,8 @@ class KeyManagementServiceServicer:
         """Generates 1-1000 data keys in one call, under at most 100 distinct keys.
         Per-item failures are reported in each result's `error` and do not fail
         the call. Each item counts as one request against the rate limit.
-        Errors of the whole call: as BatchDecrypt.
+        Errors of the whole call: as BatchDecrypt. The whole request is at most
+        512 KiB: 1000 items fit with encryption contexts of up to ~450 bytes.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -616,6 +636,14 @@ class KeyManagementService:
     Key references are resolved once, at the entry point (gateway or private
     endpoint), checked against the caller's key patterns, and the call then
     runs on the key they resolved to, even if an alias moves meanwhile.
+
+    Limits: a request body is at most 512 KiB (524288 bytes) at the gateway
+    and private endpoints; gRPC refuses a larger one with RESOURCE_EXHAUSTED
+    before any handler runs. Field limits are given with each RPC and field.
+    A body that is not a valid message of the request type, or holds a uint64
+    above 2^63-1, fails with INVALID_ARGUMENT MALFORMED_REQUEST; an unknown
+    method with UNIMPLEMENTED UNKNOWN_METHOD. Error messages quote request
+    fields only in part (at most 64 characters) and are at most 1 KiB.
 
     Any RPC may also fail with: UNAUTHENTICATED (UNAUTHENTICATED,
     CREDENTIAL_REVOKED, CREDENTIAL_EXPIRED); PERMISSION_DENIED

@@ -34,6 +34,13 @@ class RelayServiceStub:
     are deleted only when the recipient acknowledges them (or when they
     expire).
 
+    Limits: a request body is at most 320 KiB (327680 bytes); gRPC refuses a
+    larger one with RESOURCE_EXHAUSTED before any handler runs. A body that is
+    not a valid message of the request type, or holds a uint64 above 2^63-1,
+    fails with INVALID_ARGUMENT MALFORMED_REQUEST (before authentication); an
+    unknown method with UNIMPLEMENTED UNKNOWN_METHOD. Error messages quote
+    request fields only in part (at most 64 characters) and are at most 1 KiB.
+
     Authentication: every RPC except CreateAccount needs call metadata
     `authorization: Bearer <device token>` from CreateAccount; missing or
     invalid token: UNAUTHENTICATED UNAUTHENTICATED. Any RPC may also fail with
@@ -77,6 +84,13 @@ class RelayServiceServicer:
     could open them. Messages are stored durably, survive relay restarts, and
     are deleted only when the recipient acknowledges them (or when they
     expire).
+
+    Limits: a request body is at most 320 KiB (327680 bytes); gRPC refuses a
+    larger one with RESOURCE_EXHAUSTED before any handler runs. A body that is
+    not a valid message of the request type, or holds a uint64 above 2^63-1,
+    fails with INVALID_ARGUMENT MALFORMED_REQUEST (before authentication); an
+    unknown method with UNIMPLEMENTED UNKNOWN_METHOD. Error messages quote
+    request fields only in part (at most 64 characters) and are at most 1 KiB.
 
     Authentication: every RPC except CreateAccount needs call metadata
     `authorization: Bearer <device token>` from CreateAccount; missing or
@@ -165,6 +179,13 @@ class RelayService:
     could open them. Messages are stored durably, survive relay restarts, and
     are deleted only when the recipient acknowledges them (or when they
     expire).
+
+    Limits: a request body is at most 320 KiB (327680 bytes); gRPC refuses a
+    larger one with RESOURCE_EXHAUSTED before any handler runs. A body that is
+    not a valid message of the request type, or holds a uint64 above 2^63-1,
+    fails with INVALID_ARGUMENT MALFORMED_REQUEST (before authentication); an
+    unknown method with UNIMPLEMENTED UNKNOWN_METHOD. Error messages quote
+    request fields only in part (at most 64 characters) and are at most 1 KiB.
 
     Authentication: every RPC except CreateAccount needs call metadata
     `authorization: Bearer <device token>` from CreateAccount; missing or
