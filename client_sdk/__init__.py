@@ -64,6 +64,7 @@ from foundation.errors import (
     InternalError,
     InvalidArgumentError,
     InvalidEncryptionContextError,
+    InvalidPageTokenError,
     InvalidUserIdError,
     KeyDisabledError,
     KeyExistsError,
@@ -74,6 +75,7 @@ from foundation.errors import (
     KeyVersionRetiredError,
     MailboxFullError,
     MalformedCiphertextError,
+    MalformedRequestError,
     NetworkNotAllowedError,
     NodeNotReadyError,
     NotFoundError,
@@ -86,6 +88,7 @@ from foundation.errors import (
     SealedRecordMismatchError,
     UnauthenticatedError,
     UnavailableError,
+    UnknownMethodError,
     UserNotFoundError,
 )
 

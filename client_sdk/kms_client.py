@@ -58,8 +58,11 @@ from client_sdk.types import (
     SealedPublicKey,
 )
 from foundation.access_policy import CRYPTO_METHODS
-from foundation.key_refs import routing_refs
+from foundation.key_refs import BATCH_METHODS, routing_refs
+from foundation.wire import MAX_KMS_REQUEST_BYTES
 from foundation.errors import (
+    BatchTooLargeError,
+    PayloadTooLargeError,
     DeadlineExceededError,
     KeyrelayError,
     UnavailableError,
@@ -123,6 +126,18 @@ class _Call:
     request: Any
     convert: Callable[[Any], Any]
     idempotent: bool = True
+
+    def check_size(self) -> None:
+        """Refuse a request larger than the KMS takes, with a reason, rather than leave it to the
+        server's transport (a bare RESOURCE_EXHAUSTED after the whole body went over the wire).
+        Checked per call sent, so a batch split between instances is measured part by part."""
+        size = self.request.ByteSize()
+        if size > MAX_KMS_REQUEST_BYTES:
+            error = BatchTooLargeError if self.method in BATCH_METHODS else PayloadTooLargeError
+            raise error(
+                f"the {self.method} request is {size} bytes encoded; the KMS takes at most {MAX_KMS_REQUEST_BYTES}: "
+                + ("split the batch into smaller ones" if error is BatchTooLargeError else "send less data per call")
+            )
 
     @property
     def routes(self) -> list[str | None]:
@@ -550,6 +565,7 @@ class KmsClient(_Routing, _KmsMethods, ServiceClient):
 
     def _attempt(self, stub, call: _Call, backoff: Backoff):
         """Send `call`, retrying an idempotent one on UNAVAILABLE within the deadline (one request id)."""
+        call.check_size()
         metadata = self._metadata(uuid.uuid4().hex)
         method = getattr(stub, call.method)
         previous: KeyrelayError | None = None
@@ -629,6 +645,7 @@ class AsyncKmsClient(_Routing, _KmsMethods, ServiceClient):
         return _merge([(indices, result) for (_, _, indices), result in zip(parts, results)], len(routes))
 
     async def _attempt(self, stub, call: _Call, backoff: Backoff):
+        call.check_size()
         metadata = self._metadata(uuid.uuid4().hex)
         method = getattr(stub, call.method)
         previous: KeyrelayError | None = None

@@ -298,7 +298,22 @@ def zones_cover(general: tuple[str, ...], specific: tuple[str, ...]) -> bool:
 
 def check_call(principal: Principal, entry: Entry, method: str) -> Denial | None:
     """Network, entry point, role and operator checks of one call (see the module docstring)."""
+    denial = check_entry(principal, entry)
+    if denial is not None:
+        return denial
     rule = RULES.get(method)
+    if entry.private and (rule is None or rule.kind not in PRIVATE_ENDPOINT_KINDS):
+        return Denial("endpoint", PermissionDeniedError(
+            f"{method} is key management: send it through the gateway. The private endpoint of instance "
+            f"{quote(entry.instance_id)} serves cryptography and key reads"
+        ))
+    return check_role(principal, method)
+
+
+def check_entry(principal: Principal, entry: Entry) -> Denial | None:
+    """The checks of `check_call` that do not depend on the method: the caller's zones and CIDRs,
+    and at a private endpoint that the caller's tenant owns the instance. Also applied to requests
+    refused before they were decoded, whatever method they named."""
     if principal.allowed_zones and entry.zone not in principal.allowed_zones:
         return Denial("network", NetworkNotAllowedError(
             f"access point {quote(principal.name)} may be used only from zone(s) {shown(principal.allowed_zones)}; "
@@ -311,18 +326,12 @@ def check_call(principal: Principal, entry: Entry, method: str) -> Denial | None
             f"access point {quote(principal.name)} may be used only from {shown(principal.allowed_cidrs)}; "
             f"this request came from {entry.peer or 'an unknown address'}"
         ))
-    if entry.private:
-        if principal.tenant_id != entry.instance_tenant:
-            return Denial("instance-owner", PermissionDeniedError(
-                f"access point {quote(principal.name)} belongs to tenant {quote(principal.tenant_id)}, which does not own "
-                f"dedicated instance {quote(entry.instance_id)}: use a credential of the instance's tenant"
-            ))
-        if rule is None or rule.kind not in PRIVATE_ENDPOINT_KINDS:
-            return Denial("endpoint", PermissionDeniedError(
-                f"{method} is key management: send it through the gateway. The private endpoint of instance "
-                f"{quote(entry.instance_id)} serves cryptography and key reads"
-            ))
-    return check_role(principal, method)
+    if entry.private and principal.tenant_id != entry.instance_tenant:
+        return Denial("instance-owner", PermissionDeniedError(
+            f"access point {quote(principal.name)} belongs to tenant {quote(principal.tenant_id)}, which does not own "
+            f"dedicated instance {quote(entry.instance_id)}: use a credential of the instance's tenant"
+        ))
+    return None
 
 
 def check_role(principal: Principal, method: str) -> Denial | None:

@@ -188,7 +188,7 @@ class CallGuard:
         async def answer(call: Call, request: Any) -> Any:
             raise error
 
-        await self.serve(zone, method, None, context, answer, authorize=False)
+        await self.serve(zone, method, None, context, answer, decoded=False)
         raise error  # unreachable: `answer` raised
 
     async def serve(
@@ -199,11 +199,13 @@ class CallGuard:
         context,
         handler: Callable[[Call, Any], Awaitable[Any]],
         *,
-        authorize: bool = True,
+        decoded: bool = True,
     ) -> Any:
         """Authenticate and authorize the caller, charge its rate limit, run `handler`, audit.
-        With `authorize` false (a request refused before it was decoded) no rule is applied:
-        `handler` answers the refusal."""
+        A request refused before it was decoded (`decoded` false, `request` None) costs one
+        request and is authorized as far as its method allows (every check for a method the
+        policy knows, the network and instance-owner checks for any other) before `handler`
+        answers the refusal."""
         remaining = context.time_remaining()
         address = peer_ip(context)
         now = time.monotonic()
@@ -220,13 +222,13 @@ class CallGuard:
                 peer_certificate(context), [(REQUEST_ID_METADATA_KEY, call.request_id)]
             )
             # Charged before the checks: a refused call costs its tenant as much as an allowed one.
-            self.charge(call, batch_cost(method, request) if authorize else 1)
-            if authorize:
-                if self._instance_id:
-                    call.entry = policy.Entry(
-                        call.entry.zone, address, self._instance_id, await self._instance_tenant(call)
-                    )
+            self.charge(call, batch_cost(method, request) if decoded else 1)
+            if self._instance_id:
+                call.entry = policy.Entry(call.entry.zone, address, self._instance_id, await self._instance_tenant(call))
+            if decoded or method in policy.RULES:
                 call.enforce(policy.check_call(call.principal, call.entry, method))
+            else:
+                call.enforce(policy.check_entry(call.principal, call.entry))
             return await handler(call, request)
         except KeyrelayError as exc:
             status, reason = exc.code.name, exc.reason

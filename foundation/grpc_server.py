@@ -4,7 +4,7 @@
   so one that does not parse is answered INVALID_ARGUMENT `MALFORMED_REQUEST` like any bad
   request, and a method the server lacks UNIMPLEMENTED `UNKNOWN_METHOD`; both are logged as one
   rate-limited WARNING line (`RefusalLog`) and handed to the daemon's `refuse` hook, which audits
-  them where the daemon audits. It holds each call's body against the server's `RequestBudget`,
+  them where the daemon audits. It holds large bodies against the server's `RequestBudget`,
   turns `KeyrelayError` into its status code, message (cut to `MAX_STATUS_MESSAGE`) and
   `keyrelay-error-reason` trailer, answers anything else `INTERNAL` without details (logging it
   with the request id), and gives every call a request id (the client's `x-request-id`, or a new
@@ -20,6 +20,7 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import signal
@@ -40,6 +41,7 @@ from foundation.errors import (
     KeyrelayError,
     MalformedRequestError,
     UnknownMethodError,
+    quote,
 )
 from foundation.logsetup import request_id_var
 from foundation.metrics import Metrics, operation_var, route_var
@@ -48,8 +50,9 @@ from foundation.request_decoding import RequestDecoder
 log = logging.getLogger(__name__)
 
 _MAX_REQUEST_ID = 128
-#: The longest status message sent: far below gRPC's metadata limits (8 KiB soft), so no transport
-#: limit ever replaces a status with its own.
+#: The longest status message sent, in bytes of UTF-8: even percent-encoded (three bytes for each
+#: byte of non-ASCII text) far below gRPC's metadata limits (8 KiB soft), so no transport limit
+#: ever replaces a status with its own.
 MAX_STATUS_MESSAGE = 1024
 #: The operation label of calls to a method the server does not have (never the caller's path,
 #: which would let callers create metric series).
@@ -70,9 +73,11 @@ def _request_id(context: grpc.aio.ServicerContext) -> str:
 
 
 def _status_message(message: str) -> str:
-    if len(message) <= MAX_STATUS_MESSAGE:
+    """`message` cut to MAX_STATUS_MESSAGE bytes of UTF-8 (on a character boundary)."""
+    encoded = message.encode()
+    if len(encoded) <= MAX_STATUS_MESSAGE:
         return message
-    return message[: MAX_STATUS_MESSAGE - 1] + "…"
+    return encoded[: MAX_STATUS_MESSAGE - 3].decode(errors="ignore") + "…"
 
 
 def _clear_frames(exc: BaseException) -> None:
@@ -134,24 +139,53 @@ class RefusalLog:
 
 
 class RequestBudget:
-    """The request bytes a daemon works on at once. A call waits for room before its body is
-    decoded and keeps its share until it ends, so a flood of maximum-size requests queues instead
-    of growing memory; a call alone always gets in, whatever its size."""
+    """The large request bodies a server works on at once. A call whose body is over
+    `SMALL_BODY_BYTES` waits its turn (first come, first served) before the body is parsed and
+    keeps its share until the call ends, so a flood of maximum-size bodies queues instead of
+    being parsed, copied and forwarded all at once. Smaller bodies, which is every ordinary
+    request, never wait: a tenant flooding large requests delays only other large requests. A
+    body alone always gets in, whatever its size."""
 
     def __init__(self, limit_bytes: int) -> None:
         self.limit_bytes = limit_bytes
         self.used = 0
-        self._room = asyncio.Condition()
+        self._waiting: collections.deque[tuple[int, asyncio.Future[None]]] = collections.deque()
+
+    def _fits(self, size: int) -> bool:
+        return self.used == 0 or self.used + size <= self.limit_bytes
 
     async def acquire(self, size: int) -> None:
-        async with self._room:
-            await self._room.wait_for(lambda: self.used == 0 or self.used + size <= self.limit_bytes)
+        if not self._waiting and self._fits(size):
             self.used += size
+            return
+        turn: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiting.append((size, turn))
+        try:
+            await turn
+        except asyncio.CancelledError:
+            if turn.done() and not turn.cancelled():
+                self.release(size)  # admitted as it was cancelled: hand the share on
+            else:
+                with contextlib.suppress(ValueError):  # `_admit` may have dropped it already
+                    self._waiting.remove((size, turn))
+                self._admit()
+            raise
 
-    async def release(self, size: int) -> None:
-        async with self._room:
-            self.used -= size
-            self._room.notify_all()
+    def release(self, size: int) -> None:
+        self.used -= size
+        self._admit()
+
+    def _admit(self) -> None:
+        while self._waiting:
+            size, turn = self._waiting[0]
+            if turn.done():  # its caller was cancelled
+                self._waiting.popleft()
+            elif self._fits(size):
+                self._waiting.popleft()
+                self.used += size
+                turn.set_result(None)
+            else:
+                return
 
 
 class _Call:
@@ -223,29 +257,36 @@ class _Entry:
         raise error
 
     async def decode(self, decoder: RequestDecoder | None, body: Any, context, operation: str) -> Any:
+        """The request `body` holds; MalformedRequestError (through `refused`) when it holds none."""
         if decoder is None:
             return body
         try:
             return decoder.decode(body)
         except MalformedRequestError as exc:
-            await self.refused(context, operation, exc)
+            error = exc
+        await self.refused(context, operation, error)
+
+    def share(self, decoder: RequestDecoder | None, body: Any) -> int:
+        """The budget share a call with `body` takes (0: none)."""
+        if self.budget is None or decoder is None or len(body) <= SMALL_BODY_BYTES:
+            return 0
+        return len(body)
 
 
 def _wrap_unary(behavior: Callable[..., Awaitable[Any]], method: str, entry: _Entry, decoder: RequestDecoder | None):
     operation = method.rpartition("/")[2]
-    budget = entry.budget if decoder is not None else None
 
     async def serve(body: Any, context: grpc.aio.ServicerContext) -> Any:
-        if budget is None:
+        share = entry.share(decoder, body)
+        if not share:
             return await behavior(await entry.decode(decoder, body, context, operation), context)
-        size = len(body)
-        await budget.acquire(size)
+        await entry.budget.acquire(share)
         try:
             request = await entry.decode(decoder, body, context, operation)
-            del body  # the message holds what is needed; let the bytes go
+            del body  # the message holds what is needed
             return await behavior(request, context)
         finally:
-            await budget.release(size)
+            entry.budget.release(share)
 
     async def wrapped(body: Any, context: grpc.aio.ServicerContext) -> Any:
         # Only `serve`'s frame holds the body and the request: `_Call` clears it when the call
@@ -267,26 +308,29 @@ _STREAM_GONE: tuple[type[BaseException], ...] = tuple(
 
 def _wrap_stream(behavior: Callable[..., Any], method: str, entry: _Entry, decoder: RequestDecoder | None):
     operation = method.rpartition("/")[2]
-    budget = entry.budget
 
     async def wrapped(body: Any, context: grpc.aio.ServicerContext) -> None:
         async with _Call(context, method, entry.metrics):
-            # A stream holds its budget share only while its request is decoded: it may stay open
-            # for hours with nothing in flight.
-            size = len(body) if budget is not None and decoder is not None else 0
-            if size:
-                await budget.acquire(size)
+            # A stream holds its share only while its request is parsed: it may stay open for
+            # hours with nothing in flight.
+            share = entry.share(decoder, body)
+            if share:
+                await entry.budget.acquire(share)
             try:
                 request = await entry.decode(decoder, body, context, operation)
             finally:
-                if size:
-                    await budget.release(size)
+                if share:
+                    entry.budget.release(share)
             del body
+            result = behavior(request, context)
+            if not hasattr(result, "__aiter__"):  # a handler that writes for itself (health's Watch)
+                await result
+                return
             # The handler's items are written here rather than yielded to grpc: a client that
             # leaves mid-stream then ends the call quietly (grpc logs a failed write of a yielded
             # item as an error), and the handler's generator is closed in this call's own task
             # and context, not by a finaliser somewhere else.
-            async with contextlib.aclosing(behavior(request, context)) as items:
+            async with contextlib.aclosing(result) as items:
                 async for item in items:
                     try:
                         await context.write(item)
@@ -300,12 +344,11 @@ def _wrap_stream(behavior: Callable[..., Any], method: str, entry: _Entry, decod
 def _unknown_method(method: str, entry: _Entry):
     async def refuse(body: Any, context: grpc.aio.ServicerContext) -> Any:
         async with _Call(context, method, entry.metrics, UNKNOWN_OPERATION):
-            shown = method if len(method) <= 80 else method[:80] + "…"
             await entry.refused(
                 context,
                 UNKNOWN_OPERATION,
                 UnknownMethodError(
-                    f"this server has no method {shown!r}; check the service and method name against the "
+                    f"this server has no method {quote(method)}; check the service and method name against the "
                     "server's reflection, or upgrade the server"
                 ),
             )
@@ -317,8 +360,8 @@ class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):
     """The per-call envelope of every keyrelay server.
 
     It decodes each request itself (grpc gets no deserializer), so a body that does not parse is
-    `MalformedRequestError` like any bad request; holds each unary call's body against the
-    server's `RequestBudget`; maps the keyrelay exception hierarchy to gRPC statuses and tags calls
+    `MalformedRequestError` like any bad request; holds large bodies against the server's
+    `RequestBudget`; maps the keyrelay exception hierarchy to gRPC statuses and tags calls
     with request ids; with `metrics`, counts and times every unary and server-streaming call; and
     answers a method the server does not have with `UnknownMethodError`. Requests refused before
     their handler ran go to `refuse` when given (where the daemon audits them)."""
@@ -396,8 +439,10 @@ def bind_port(server: grpc.aio.Server, listen: str, credentials: grpc.ServerCred
     return port
 
 
-#: How many maximum-size requests a server works on at once (see `RequestBudget`).
+#: How many maximum-size request bodies a server works on at once (see `RequestBudget`).
 BUDGET_REQUESTS = 16
+#: Bodies up to this size never wait for the budget.
+SMALL_BODY_BYTES = 64 * 1024
 
 
 def new_server(
@@ -411,7 +456,7 @@ def new_server(
     """A grpc.aio server with the skeleton's interceptor (recording into `metrics`, refusing
     undecodable requests through `refuse`), taking request bodies of at most `max_message_bytes`
     (gRPC's transport refuses larger ones before any handler runs) and working on at most
-    `BUDGET_REQUESTS` times that many request bytes at once. `interceptors` run inside it, so the
+    `BUDGET_REQUESTS` times that many bytes of large bodies at once. `interceptors` run inside it, so the
     keyrelay errors they raise are answered as statuses."""
     budget = RequestBudget(BUDGET_REQUESTS * max_message_bytes)
     return grpc.aio.server(

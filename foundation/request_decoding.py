@@ -16,15 +16,16 @@ from typing import Any, Callable
 
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 
-from foundation.errors import MalformedRequestError
+from foundation.errors import MalformedRequestError, quote
 
 #: The largest value a store's signed 64-bit integer column holds.
 MAX_STORED_INT = 2**63 - 1
 
 _WIDE_TYPES = (FieldDescriptor.TYPE_UINT64, FieldDescriptor.TYPE_FIXED64)
 
-#: For one message type: (field name, is repeated, nested plan or None for a wide integer).
-_Plan = list[tuple[str, bool, "list | None"]]
+#: For one message type: (field name, how it holds values, nested plan or None for a wide integer).
+_Plan = list[tuple[str, str, "list | None"]]
+_ONE, _REPEATED, _MAP = "one", "repeated", "map"
 
 
 def _plan(descriptor: Descriptor, memo: dict[str, _Plan | None]) -> _Plan | None:
@@ -35,37 +36,38 @@ def _plan(descriptor: Descriptor, memo: dict[str, _Plan | None]) -> _Plan | None
     memo[name] = None
     plan: _Plan = []
     for field in descriptor.fields:
-        repeated = field.is_repeated
+        field_name, holds = field.name, _REPEATED if field.is_repeated else _ONE
+        if field.type == FieldDescriptor.TYPE_MESSAGE and field.message_type.GetOptions().map_entry:
+            field, holds = field.message_type.fields_by_name["value"], _MAP
         if field.type in _WIDE_TYPES:
-            plan.append((field.name, repeated, None))
+            plan.append((field_name, holds, None))
         elif field.type == FieldDescriptor.TYPE_MESSAGE:
-            if field.message_type.GetOptions().map_entry:
-                value = field.message_type.fields_by_name["value"]
-                if value.type in _WIDE_TYPES:
-                    plan.append((field.name, True, None))
-                continue
             nested = _plan(field.message_type, memo)
             if nested:
-                plan.append((field.name, repeated, nested))
+                plan.append((field_name, holds, nested))
     memo[name] = plan or None
     return memo[name]
 
 
 def _check(message: Any, plan: _Plan, path: str) -> None:
-    for name, repeated, nested in plan:
+    for name, holds, nested in plan:
         value = getattr(message, name)
-        if nested is None:
-            values = value.values() if hasattr(value, "values") else value if repeated else (value,)
-            for number in values:
-                if number > MAX_STORED_INT:
+        if holds == _ONE:
+            if nested is not None and not message.HasField(name):
+                continue
+            items = [(f"{path}{name}", value)]
+        elif holds == _REPEATED:
+            items = [(f"{path}{name}[{index}]", item) for index, item in enumerate(value)]
+        else:
+            items = [(f"{path}{name}[{quote(key)}]", item) for key, item in value.items()]
+        for where, item in items:
+            if nested is None:
+                if item > MAX_STORED_INT:
                     raise MalformedRequestError(
-                        f"field {path}{name} is {number}; values above 2^63-1 ({MAX_STORED_INT}) are not accepted"
+                        f"field {where} is {item}; values above 2^63-1 ({MAX_STORED_INT}) are not accepted"
                     )
-        elif repeated:
-            for index, item in enumerate(value):
-                _check(item, nested, f"{path}{name}[{index}].")
-        elif message.HasField(name):
-            _check(value, nested, f"{path}{name}.")
+            else:
+                _check(item, nested, where + ".")
 
 
 _DECODERS: dict[Callable[[bytes], Any], "RequestDecoder | None"] = {}

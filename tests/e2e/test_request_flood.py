@@ -6,8 +6,8 @@ and dedicated nodes behind them take their share). Every daemon's resident memor
 /proc throughout, stays under `RSS_BOUND_MIB`, and a normal request to each entry point during
 the flood still answers.
 
-The bound is what README's "Limits" section promises: bodies are capped per daemon (512 KiB for
-the KMS, 320 KiB for the relay) and each daemon works on at most 16 maximum-size bodies at once.
+The bound is what README's "Limits" section states: bodies are capped per daemon (512 KiB for
+the KMS, 320 KiB for the relay) and each server works on at most 16 maximum-size bodies at once.
 """
 
 from __future__ import annotations
@@ -30,8 +30,8 @@ pytestmark = pytest.mark.e2e
 
 FLOOD_SECONDS = 30
 CONCURRENCY = 64
-#: Measured here (2 cores): gateway 190-200 MiB, dedicated node with its private endpoint 200-225,
-#: relay 125-145, shared nodes 100-115. About half of it is gRPC holding every body in flight.
+#: Measured here (2 cores): gateway 200-215 MiB, dedicated node with its private endpoint 200-215,
+#: relay 140-160, shared nodes 110-120. Most of it is gRPC holding every body in flight.
 RSS_BOUND_MIB = 256
 INSTANCE = "dev-dedicated"
 KMS = "/keyrelay.v1.KeyManagementService/"

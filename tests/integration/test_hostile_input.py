@@ -119,16 +119,21 @@ def test_unparseable_bodies_are_malformed_request_with_id_audit_and_one_warning(
     caplog.set_level(logging.WARNING)
     for name, channel, log_path in entry_points(cluster):
         before = len(records(log_path))
-        for method in ("CreateKey", "Encrypt", "DescribeKey"):
+        for method in ("Encrypt", "DescribeKey", "GenerateDataKey"):
             code, reason, request_id, details = call(channel, KMS + method, body, request_id=f"bad-{method}")
             assert (code, reason) == (grpc.StatusCode.INVALID_ARGUMENT, "MALFORMED_REQUEST"), (name, method, details)
             assert request_id == f"bad-{method}"
             assert "not a valid keyrelay.v1." in details
         audited = records(log_path)[before:]
         assert [(r["operation"], r["status"], r["reason"], r["tenant"]) for r in audited] == [
-            (method, "INVALID_ARGUMENT", "MALFORMED_REQUEST", "acme") for method in ("CreateKey", "Encrypt", "DescribeKey")
+            (method, "INVALID_ARGUMENT", "MALFORMED_REQUEST", "acme") for method in ("Encrypt", "DescribeKey", "GenerateDataKey")
         ], name
         assert audit.verify(log_path).ok
+    # The same rules apply as to a body that parses: key management is not served at a private
+    # endpoint, whatever the body held.
+    private = cluster.acme.channel(cluster.private_target)
+    code, reason, _, details = call(private, KMS + "CreateKey", body)
+    assert (code, reason) == (grpc.StatusCode.PERMISSION_DENIED, "PERMISSION_DENIED"), details
     assert_no_errors_logged(caplog)
     assert not any(r.exc_info for r in caplog.records), "a refused body must not log a traceback"
 
@@ -265,4 +270,17 @@ async def test_cancelling_a_subscribe_mid_backlog_is_quiet(relay, caplog):  # no
         await asyncio.sleep(0.2)
     await asyncio.sleep(0.5)  # let the server finalise the abandoned streams
     await relay.assert_healthy()
+    assert_no_errors_logged(caplog)
+
+
+async def test_health_watch_streams_through_the_skeleton(relay, caplog):  # noqa: F811
+    """A streaming handler that writes for itself (grpc's health Watch) is served, not INTERNAL."""
+    from grpc_health.v1 import health_pb2
+
+    stream = relay.health.Watch(health_pb2.HealthCheckRequest())
+    async for answer in stream:
+        assert answer.status == health_pb2.HealthCheckResponse.SERVING
+        break
+    stream.cancel()
+    await asyncio.sleep(0.2)
     assert_no_errors_logged(caplog)

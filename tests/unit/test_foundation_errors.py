@@ -139,3 +139,11 @@ def test_later_subclass_does_not_steal_a_reason_or_code():
 
     assert error_class_for(grpc.StatusCode.FAILED_PRECONDITION, "KEY_DISABLED") is errors.KeyDisabledError
     assert error_class_for(grpc.StatusCode.FAILED_PRECONDITION, None) is errors.FailedPreconditionError
+
+
+def test_the_sdk_exports_every_error_class():
+    """`client_sdk` is the one public namespace: every class of the tree can be caught from it."""
+    import client_sdk
+
+    missing = [cls.__name__ for cls in CLASSES if getattr(client_sdk, cls.__name__, None) is not cls]
+    assert not missing

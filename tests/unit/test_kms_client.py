@@ -185,6 +185,19 @@ def test_without_private_endpoints_nothing_is_described(gateway):
     assert gateway.calls_to("DescribeKey") == []
 
 
+def test_requests_larger_than_the_kms_takes_are_refused_before_any_call(gateway):
+    from foundation.errors import BatchTooLargeError, PayloadTooLargeError
+    from foundation.wire import MAX_KMS_REQUEST_BYTES
+
+    kms = kr.KmsClient(channel=gateway, timeout=10)
+    blobs = [blob_of(SHARED_KEY) + b"\0" * 1000] * (MAX_KMS_REQUEST_BYTES // 1000 + 1)
+    with pytest.raises(BatchTooLargeError, match="split the batch"):
+        kms.batch_decrypt(blobs)
+    with pytest.raises(PayloadTooLargeError, match=str(MAX_KMS_REQUEST_BYTES)):
+        kms.encrypt(SHARED_KEY, b"x" * MAX_KMS_REQUEST_BYTES)
+    assert gateway.calls == []
+
+
 class AsyncFakeChannel(FakeChannel):
     """The fake channel for grpc.aio stubs: every call is awaited."""
 
