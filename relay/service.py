@@ -324,8 +324,12 @@ class RelayService:
         if isinstance(result, UnknownUser):
             raise UserNotFoundError(f"no account named {quote(recipient)} on this relay; check the recipient's user id")
         if isinstance(result, MailboxFull):
+            if result.limit == "messages":
+                held = f"{self._limits.max_messages} unread messages, the most it keeps (mailbox.max_messages)"
+            else:
+                held = f"{self._limits.max_bytes} bytes of unread messages, the most it keeps (mailbox.max_bytes)"
             raise MailboxFullError(
-                f"{quote(recipient)}'s mailbox is full (its {result.limit} limit); the message was not stored: "
+                f"the mailbox of {quote(recipient)} is full: it holds {held}; the message was not stored: "
                 "retry later, once the recipient has read its messages"
             )
         if isinstance(result, ClientMessageIdReused):

@@ -164,8 +164,19 @@ def note(message: str) -> None:
 
 
 def warn(message: str) -> None:
-    """Print `keyrelay: warning: MESSAGE` to stderr."""
-    print(f"keyrelay: warning: {message}", file=sys.stderr)
+    """Print `keyrelay: warning: MESSAGE` to stderr (made `terminal_safe`)."""
+    print(f"keyrelay: warning: {terminal_safe(message)}", file=sys.stderr)
+
+
+def terminal_safe(text: str) -> str:
+    """`text` as it may reach a terminal when someone else wrote it: every character Python does
+    not call printable (control characters such as escape, carriage return, newline and the C1
+    controls; format characters, which include the bidirectional overrides; separators other than
+    the space) shown as its escape, e.g. ``\\x1b``, ``\\n``, ``\\u202e``. So a message can neither
+    drive the terminal nor pass for another line of output. Tabs are left as they are."""
+    if text.isprintable():
+        return text
+    return "".join(char if char == "\t" or char.isprintable() else repr(char)[1:-1] for char in text)
 
 
 def guarded(command: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:

@@ -122,7 +122,9 @@ def _recv(args: argparse.Namespace) -> int:
                 print(json.dumps(output.to_plain(message, _TEXT), sort_keys=True), flush=True)
             else:
                 when = message.send_time.strftime("%Y-%m-%d %H:%M:%S")
-                print(f"[{when}] {message.sender}: {message.plaintext.decode('utf-8', 'replace')}", flush=True)
+                # The text is the sender's: shown escaped, it cannot drive the terminal or fake a line.
+                text = output.terminal_safe(message.plaintext.decode("utf-8", "replace"))
+                print(f"[{when}] {message.sender}: {text}", flush=True)
     return 1 if rejected and args.strict else 0
 
 

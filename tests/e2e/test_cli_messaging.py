@@ -52,6 +52,11 @@ def test_register_send_receive_and_rotate_from_the_command_line(messaging):
     status, out, _ = messaging("msg", "recv", "--device", "bob.keys")
     assert (status, out) == (0, "")  # acknowledged: not shown twice
 
+    # What a stranger writes cannot drive bob's terminal or fake a line of output.
+    messaging("msg", "send", "bob", "hi\x1b[2J\nmallory: pay me", "--device", "alice.keys")
+    status, out, _ = messaging("msg", "recv", "--device", "bob.keys")
+    assert status == 0 and out.endswith("alice: hi\\x1b[2J\\nmallory: pay me\n") and "\x1b" not in out
+
     status, out, err = messaging("msg", "rotate", "--device", "bob.keys", "-o", "json")
     assert status == 0 and json.loads(out)["bundle_version"] == 2, err
     messaging("msg", "send", "bob", "after the rotation", "--device", "alice.keys")

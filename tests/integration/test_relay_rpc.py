@@ -315,6 +315,8 @@ async def test_full_mailbox_is_resource_exhausted_until_read(relay):
     code, reason, message = await refused(relay.send(alice, "bob", b"m", "m-5"))
     assert (code, reason) == (grpc.StatusCode.RESOURCE_EXHAUSTED, "MAILBOX_FULL")
     assert "bob" in message and "not stored" in message
+    # One quote around the name, and the limit as a number a person can act on.
+    assert "the mailbox of 'bob' is full: it holds 5 unread messages" in message and "''" not in message
     # A retry of a stored message is still answered (it needs no room).
     assert (await relay.send(alice, "bob", b"m", "m-0")).duplicate
     await relay.relay.Ack(relay_pb2.AckRequest(message_ids=[sent[0].message_id]), metadata=auth(bob))

@@ -14,6 +14,8 @@ from datetime import datetime, timedelta, timezone
 from unittest import mock
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 import client_sdk as kr
 from client_sdk.cli import _output as output
@@ -399,3 +401,18 @@ def test_missing_profile_is_one_error_line(parser, capsys, tmp_path):
     assert args.func(args) == 1
     err = capsys.readouterr().err
     assert err.startswith("keyrelay: no profile at") and err.count("\n") == 1
+
+
+@given(st.text())
+def test_text_from_others_reaches_the_terminal_escaped(text):
+    shown = output.terminal_safe(text)
+    assert all(char == "\t" or char.isprintable() for char in shown)
+    assert "\x1b" not in shown and "\n" not in shown and "\u202e" not in shown
+    if text.isprintable():
+        assert shown == text
+
+
+def test_a_message_with_escape_sequences_is_shown_escaped():
+    assert output.terminal_safe("hi\x1b[2J\x1b]0;owned\x07\nfake line\u202e") == (
+        "hi\\x1b[2J\\x1b]0;owned\\x07\\nfake line\\u202e"
+    )

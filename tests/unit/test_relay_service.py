@@ -217,7 +217,7 @@ async def test_mailbox_byte_limit(make_service):
     service = make_service(limits=MailboxLimits(100, 300_000))
     await accounts(service, "alice", "bob")
     await service.send("alice", "bob", b"x" * 200_000, "m-1")
-    with pytest.raises(MailboxFullError, match="bytes"):
+    with pytest.raises(MailboxFullError, match="it holds 300000 bytes of unread messages"):
         await service.send("alice", "bob", b"x" * 200_000, "m-2")
     with pytest.raises(InvalidArgumentError):
         await service.ack("bob", ["x" * 65])
