@@ -337,6 +337,13 @@ class KeyService:
             )
         if key_id and not is_uuid(key_id):
             raise InvalidArgumentError(f"key_id {quote(key_id)} must be a lower-case UUID")
+        if key_id:
+            # A retry of a create this node already made (the gateway names the key id it
+            # reserved): answered before the alias, which that create took, is checked, so the
+            # gateway learns the key exists and completes its reservation instead of aborting it.
+            existing = await self._db(self._store.get_key, key_id)
+            if existing is not None:
+                raise KeyExistsError(f"a key with id {key_id} exists already")
         key_id = key_id or str(uuid.uuid4())
         wrapped = await self._hsm.run(lambda session: session.generate_wrapped_key())
         now = self._clock()

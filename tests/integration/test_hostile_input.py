@@ -199,10 +199,10 @@ def test_huge_fields_are_never_echoed_and_keep_their_status(cluster, caplog):
 # -- the relay: 2, 3, 4 and 6 -----------------------------------------------------------------
 
 
-async def _raw(relay, path: str, body: bytes, token: str | None = None):
+async def _raw(served, path: str, body: bytes, token: str | None = None):
     metadata = list(auth(token)) if token else []
     try:
-        await relay.channel.unary_unary(path)(body, metadata=metadata, timeout=30)
+        await served.channel.unary_unary(path)(body, metadata=metadata, timeout=30)
     except grpc.aio.AioRpcError as exc:
         trailers = dict(exc.trailing_metadata() or ())
         return exc.code(), trailers.get(REASON_METADATA_KEY, ""), trailers.get(REQUEST_ID_METADATA_KEY, ""), exc.details()
@@ -284,3 +284,4 @@ async def test_health_watch_streams_through_the_skeleton(relay, caplog):  # noqa
     stream.cancel()
     await asyncio.sleep(0.2)
     assert_no_errors_logged(caplog)
+

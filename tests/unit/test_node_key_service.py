@@ -102,6 +102,12 @@ async def test_create_key_refusals(service, key):
     await service.create_key(A, key_id=fixed)
     with pytest.raises(KeyExistsError):
         await service.create_key(A, key_id=fixed)
+    # A retry of a create the node already made (a crash lost its answer) names the same key id
+    # and alias: it learns the key exists, not that the alias (which that create took) is taken.
+    retried = str(uuid.uuid4())
+    await service.create_key(A, key_id=retried, alias="alias/retried")
+    with pytest.raises(KeyExistsError):
+        await service.create_key(A, key_id=retried, alias="alias/retried")
     for kwargs in ({"alias": "main"}, {"key_id": fixed.upper()}, {"key_spec": "RSA_2048"}, {"instance_id": "x"},
                    {"tags": {"": "v"}}, {"description": "d" * 1025}):
         with pytest.raises(InvalidArgumentError):
