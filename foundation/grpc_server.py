@@ -264,6 +264,7 @@ class _Entry:
             return decoder.decode(body)
         except MalformedRequestError as exc:
             error = exc
+        # Refused outside the except block, so the refusal is not chained to the parse.
         await self.refused(context, operation, error)
 
     def share(self, decoder: RequestDecoder | None, body: Any) -> int:
@@ -301,9 +302,7 @@ def _wrap_unary(behavior: Callable[..., Awaitable[Any]], method: str, entry: _En
 
 #: What grpc raises when a write cannot be sent because the stream is gone (the client cancelled
 #: or disconnected). grpc names no public class for it.
-_STREAM_GONE: tuple[type[BaseException], ...] = tuple(
-    cls for cls in (getattr(cygrpc, "ExecuteBatchError", None),) if cls is not None
-)
+_STREAM_GONE = cygrpc.ExecuteBatchError
 
 
 def _wrap_stream(behavior: Callable[..., Any], method: str, entry: _Entry, decoder: RequestDecoder | None):

@@ -14,12 +14,12 @@ import logging
 from foundation.audit import AuditLog
 from foundation.call_guard import CallGuard
 from foundation.credential_check import CredentialVerifier
-from foundation.wire import MAX_KMS_REQUEST_BYTES
 from foundation.grpc_server import Health, add_reflection, bind_port, new_server
 from foundation.metrics import Metrics
 from foundation.ratelimit import TokenBucketLimiter
 from foundation.tls import channel_credentials, server_credentials
 from foundation.upstream import ReplicaSet
+from foundation.wire import MAX_KMS_REQUEST_BYTES
 from keyrelay.v1 import admin_pb2, admin_pb2_grpc, kms_pb2, kms_pb2_grpc
 from kms_gateway.config import GatewayConfig
 from kms_gateway.registry import Registry

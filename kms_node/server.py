@@ -19,13 +19,13 @@ import logging
 from foundation.audit import AuditLog
 from foundation.config import Secret
 from foundation.credential_check import CredentialVerifier
-from foundation.wire import MAX_INTERNAL_REQUEST_BYTES, MAX_KMS_REQUEST_BYTES
 from foundation.grpc_server import Health, add_reflection, bind_port, new_server
 from foundation.metrics import Metrics
 from foundation.pki import CertificateAuthority
 from foundation.ratelimit import TokenBucketLimiter
 from foundation.tls import channel_credentials, server_credentials
 from foundation.upstream import ReplicaSet
+from foundation.wire import MAX_INTERNAL_REQUEST_BYTES, MAX_KMS_REQUEST_BYTES
 from keyrelay.v1 import admin_pb2, admin_pb2_grpc, kms_pb2, kms_pb2_grpc, registry_pb2, registry_pb2_grpc
 from kms_node.admin import AdminService
 from kms_node.admin_servicer import AdminServicer

@@ -11,11 +11,11 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from foundation.wire import MAX_RELAY_REQUEST_BYTES
 from foundation.grpc_server import Health, add_reflection, bind_port, new_server
 from foundation.metrics import Metrics
 from foundation.ratelimit import TokenBucketLimiter
 from foundation.tls import server_credentials
+from foundation.wire import MAX_RELAY_REQUEST_BYTES
 from keyrelay.v1 import directory_pb2, directory_pb2_grpc, relay_pb2, relay_pb2_grpc
 from relay.config import RelayConfig
 from relay.service import RelayService

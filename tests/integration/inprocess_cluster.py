@@ -162,6 +162,14 @@ class InProcessCluster:
         bundle = (credentials or self.operator).bundle
         return AdminClient(self.zone_targets[zone], credentials=bundle, timeout=30)
 
+    def owned_by(self, tenant: str) -> Credentials:
+        """Register the dedicated instance to `tenant` (with its node and private endpoint) and
+        return the credential of a new admin access point of that tenant covering every key."""
+        with self.admin() as operator:
+            operator.register_instance(self.instance_id, tenant, [self.dedicated_target], self.private_target)
+            point = operator.create_access_point(tenant, f"ap-{uuid.uuid4().hex[:6]}", ["admin"], ["*"])
+            return self.issue(point.access_point_id, operator)
+
     def issue(self, access_point_id: str, admin: AdminClient | None = None) -> Credentials:
         """A fresh credential of an access point, issued by `admin` (the operator's by default)."""
         client = admin or self.admin()

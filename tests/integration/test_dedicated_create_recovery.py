@@ -24,11 +24,8 @@ KMS = "/keyrelay.v1.KeyManagementService/"
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory, softhsm):
-    served = InProcessCluster(tmp_path_factory.mktemp("create-recovery")).start()
-    with served.admin() as operator:
-        operator.register_instance(INSTANCE, "acme", [served.dedicated_target], served.private_target)
-        point = operator.create_access_point("acme", f"ap-{uuid.uuid4().hex[:6]}", ["admin"], ["*"])
-        served.acme = served.issue(point.access_point_id, operator)
+    served = InProcessCluster(tmp_path_factory.mktemp("create-recovery"), instance_id=INSTANCE).start()
+    served.acme = served.owned_by("acme")
     yield served
     served.stop()
 

@@ -53,11 +53,8 @@ CRAFTED_TOKENS = [_b64(b"[1" + b"0" * 400 + b', "x"]'), _b64(b"[" * 100000)]
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory, softhsm):
-    served = InProcessCluster(tmp_path_factory.mktemp("hostile")).start()
-    with served.admin() as operator:
-        operator.register_instance(INSTANCE, "acme", [served.dedicated_target], served.private_target)
-        point = operator.create_access_point("acme", f"ap-{uuid.uuid4().hex[:6]}", ["admin"], ["*"])
-        served.acme = served.issue(point.access_point_id, operator)
+    served = InProcessCluster(tmp_path_factory.mktemp("hostile"), instance_id=INSTANCE).start()
+    served.acme = served.owned_by("acme")
     yield served
     served.stop()
 
