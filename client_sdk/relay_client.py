@@ -293,7 +293,40 @@ class RelayClient(ServiceClient):
         response = self._rpc(self._stub, "CreateAccount", request, timeout, authenticated=False)
         self._token = _check_token(response.device_token)
         self._user_id = response.user_id
-        return RelayAccount(response.user_id, response.device_token)
+        return RelayAccount(
+            response.user_id, response.device_token, optional_datetime(response, "device_token_expire_time")
+        )
+
+    def rotate_device_token(self, *, revoke_previous: bool = False, timeout: float | None = None) -> RelayAccount:
+        """Replace this client's device token with a new one, which later calls use.
+
+        The old token keeps working for the relay's grace period (an hour by default), so other
+        processes of the device holding it are not cut off, unless `revoke_previous` is set (for
+        a token that may have leaked); any other token of the account is revoked. Store the new
+        token before the old one's grace period ends. Not retried by itself: should the answer be
+        lost, rotate again with the old token (which revokes the token whose answer was lost).
+
+        Raises:
+            DeviceTokenExpiredError / DeviceTokenRevokedError: the current token no longer works.
+            ResourceExhaustedError: the account rotated too often (the relay's tokens.rotations_per_hour).
+        """
+        request = relay_pb2.RotateDeviceTokenRequest(revoke_previous=revoke_previous)
+        response = self._rpc(self._stub, "RotateDeviceToken", request, timeout)
+        self._token = _check_token(response.device_token)
+        return RelayAccount(
+            self._user_id or "", response.device_token, optional_datetime(response, "device_token_expire_time"),
+            optional_datetime(response, "previous_token_expire_time"),
+        )
+
+    def revoke_device_token(self, *, all_tokens: bool = False, timeout: float | None = None) -> int:
+        """Revoke this client's device token (the device signs out) or, with `all_tokens`, every
+        token of the account; returns how many were revoked. The client then has no token: only
+        one the relay operator issues (`keyrelay relay --issue-token USER`) opens the account
+        again once all are revoked."""
+        request = relay_pb2.RevokeDeviceTokenRequest(all=all_tokens)
+        response = self._rpc(self._stub, "RevokeDeviceToken", request, timeout)
+        self._token = None
+        return response.revoked_count
 
     # -- directory --------------------------------------------------------------------------
 

@@ -10,14 +10,19 @@ from client_sdk.types import SealedPublicKey
 
 @dataclass(frozen=True)
 class RelayAccount:
-    """A new relay account: its user id and the device token that authenticates it.
+    """A relay account's user id and a device token that authenticates it, as CreateAccount or
+    RotateDeviceToken issued it.
 
     The relay returns the token only once and keeps only its hash: store it (encrypted at rest).
-    It never appears in `repr`.
+    It never appears in `repr`. `expire_time` is when it expires (None: never); rotate it before
+    then. After a rotation, `previous_token_expire_time` is until when the token it replaced
+    still works.
     """
 
     user_id: str
     device_token: str = field(repr=False)
+    expire_time: datetime | None = None
+    previous_token_expire_time: datetime | None = None
 
 
 @dataclass(frozen=True)

@@ -42,9 +42,12 @@ classes. Each class carries the gRPC status code it travels as and a *reason* (t
     │   └── PrivateEndpointRequiredError
     ├── UnauthenticatedError            UNAUTHENTICATED
     │   ├── CredentialRevokedError
-    │   └── CredentialExpiredError
+    │   ├── CredentialExpiredError
+    │   ├── DeviceTokenRevokedError
+    │   └── DeviceTokenExpiredError
     ├── ResourceExhaustedError          RESOURCE_EXHAUSTED
-    │   └── MailboxFullError
+    │   ├── MailboxFullError
+    │   └── TooManySubscriptionsError
     ├── UnavailableError                UNAVAILABLE
     │   ├── NodeNotReadyError
     │   └── HsmUnavailableError
@@ -327,6 +330,19 @@ class CredentialExpiredError(UnauthenticatedError):
     reason = "CREDENTIAL_EXPIRED"
 
 
+class DeviceTokenRevokedError(UnauthenticatedError):
+    """The relay device token was revoked; the account's other device token, or one the relay
+    operator issues, is needed."""
+
+    reason = "DEVICE_TOKEN_REVOKED"
+
+
+class DeviceTokenExpiredError(UnauthenticatedError):
+    """The relay device token expired before it was rotated; the relay operator issues a new one."""
+
+    reason = "DEVICE_TOKEN_EXPIRED"
+
+
 class ResourceExhaustedError(KeyrelayError):
     """A quota or rate limit was reached; retry later."""
 
@@ -338,6 +354,13 @@ class MailboxFullError(ResourceExhaustedError):
     """The recipient's mailbox holds as many messages (or bytes) as the relay allows."""
 
     reason = "MAILBOX_FULL"
+
+
+class TooManySubscriptionsError(ResourceExhaustedError):
+    """A Subscribe stream closed because its account opened more than the relay allows; a newer
+    stream of the account is receiving, so this one is not reopened."""
+
+    reason = "TOO_MANY_SUBSCRIPTIONS"
 
 
 class UnavailableError(KeyrelayError):

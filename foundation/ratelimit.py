@@ -75,6 +75,17 @@ class TokenBucketLimiter:
             self._drop_idle(now)
             return wait
 
+    def refund(self, key: str, cost: float = 1) -> None:
+        """Give back `cost` tokens spent by `try_acquire(key, cost)` for a call that then did
+        nothing (a bucket never holds more than `burst`)."""
+        if self.unlimited:
+            return
+        with self._lock:
+            bucket = self._buckets.get(key)
+            if bucket is not None:
+                now = self._clock()
+                self._buckets[key] = (min(float(self.burst), self._refill(bucket, now) + cost), now)
+
     def _refill(self, bucket: tuple[float, float] | None, now: float) -> float:
         if bucket is None:
             return float(self.burst)

@@ -66,11 +66,42 @@ class MailboxConfig:
 
 @dataclass(frozen=True)
 class RateLimitConfig:
-    """A token bucket per account (per client address for CreateAccount); 0 turns it off."""
+    """Token buckets: requests per account, account creations per client address (an IPv6
+    address counts by its /64) and for the whole relay; 0 turns a limit off. An account keeps at
+    most `subscribe_streams_per_account` Subscribe streams open on one relay: a newer stream
+    closes the oldest, so a device that reconnects is never locked out by its own stale streams."""
 
     requests_per_second: float = 200.0
     burst: int = 400
     account_creations_per_minute: float = 30.0
+    account_creation_burst: int = 30
+    account_creations_per_minute_total: float = 600.0
+    subscribe_streams_per_account: int = 16
+
+
+@dataclass(frozen=True)
+class SenderQuotaConfig:
+    """What one sender may store in one recipient's mailbox per `window_seconds` (`messages`,
+    `bytes`), and in all mailboxes together (`all_recipients_bytes`), so that no sender fills a
+    mailbox or the disk on its own. Token buckets refilled over the window; 0 turns a limit off."""
+
+    window_seconds: float = 3600.0
+    messages: int = 1000
+    bytes: int = 64 * 1024 * 1024
+    all_recipients_bytes: int = 256 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class TokenConfig:
+    """Device tokens expire `lifetime_seconds` after they are issued (0: never); a rotated token
+    stays valid for `rotation_grace_seconds` beside its successor; `cache_seconds` is how long a
+    relay trusts what it read of a token, so a revocation on another replica holds within it.
+    `rotations_per_hour` limits RotateDeviceToken per account."""
+
+    lifetime_seconds: float = 180 * DAY
+    rotation_grace_seconds: float = 3600.0
+    cache_seconds: float = 5.0
+    rotations_per_hour: float = 10.0
 
 
 @dataclass(frozen=True)
@@ -86,6 +117,8 @@ class RelayConfig:
     store: StoreConfig = field(default_factory=StoreConfig)
     mailbox: MailboxConfig = field(default_factory=MailboxConfig)
     rate_limit: RateLimitConfig = field(default_factory=RateLimitConfig)
+    sender_quota: SenderQuotaConfig = field(default_factory=SenderQuotaConfig)
+    tokens: TokenConfig = field(default_factory=TokenConfig)
 
     def validate(self) -> None:
         """Raise ConfigError naming the key and the fix for the first problem found."""
@@ -116,10 +149,34 @@ class RelayConfig:
         if self.shutdown_grace_seconds < 0:
             raise cfg.ConfigError("shutdown_grace_seconds must be 0 or more")
         limit = self.rate_limit
-        if limit.requests_per_second < 0 or limit.burst < 1 or limit.account_creations_per_minute < 0:
+        if (
+            min(limit.requests_per_second, limit.account_creations_per_minute, limit.account_creations_per_minute_total) < 0
+            or limit.burst < 1 or limit.account_creation_burst < 1
+        ):
             raise cfg.ConfigError(
-                "rate_limit.requests_per_second and rate_limit.account_creations_per_minute must be >= 0 "
-                "(0: off) and rate_limit.burst >= 1"
+                "rate_limit.requests_per_second, rate_limit.account_creations_per_minute and "
+                "rate_limit.account_creations_per_minute_total must be >= 0 (0: off), and rate_limit.burst and "
+                "rate_limit.account_creation_burst >= 1"
+            )
+        if limit.subscribe_streams_per_account < 1:
+            raise cfg.ConfigError("rate_limit.subscribe_streams_per_account must be at least 1")
+        quota = self.sender_quota
+        if quota.window_seconds <= 0 or quota.messages < 0:
+            raise cfg.ConfigError("sender_quota.window_seconds must be above 0 and sender_quota.messages >= 0 (0: off)")
+        for name in ("bytes", "all_recipients_bytes"):
+            value = getattr(quota, name)
+            if value != 0 and value < 256 * 1024:
+                raise cfg.ConfigError(f"sender_quota.{name} must be 0 (off) or at least 262144 (one envelope)")
+        tokens = self.tokens
+        if min(tokens.lifetime_seconds, tokens.rotation_grace_seconds, tokens.cache_seconds, tokens.rotations_per_hour) < 0:
+            raise cfg.ConfigError(
+                "tokens.lifetime_seconds, tokens.rotation_grace_seconds, tokens.cache_seconds and "
+                "tokens.rotations_per_hour must be 0 or more"
+            )
+        if tokens.lifetime_seconds and tokens.lifetime_seconds < 2 * max(tokens.rotation_grace_seconds, 60):
+            raise cfg.ConfigError(
+                "tokens.lifetime_seconds must be 0 (never expire) or at least twice tokens.rotation_grace_seconds "
+                "(and 120 s): clients rotate a token when half its lifetime is gone"
             )
 
 

@@ -56,14 +56,19 @@ class RelayServer:
             ttl_seconds=config.mailbox.message_ttl_seconds,
             dedupe_seconds=config.mailbox.dedupe_seconds,
             limiter=TokenBucketLimiter(limit.requests_per_second, limit.burst),
-            account_limiter=TokenBucketLimiter(
-                limit.account_creations_per_minute / 60, max(1, int(limit.account_creations_per_minute))
+            account_limiter=TokenBucketLimiter(limit.account_creations_per_minute / 60, limit.account_creation_burst),
+            account_total_limiter=TokenBucketLimiter(
+                limit.account_creations_per_minute_total / 60, max(1, int(limit.account_creations_per_minute_total))
             ),
+            sender_quota=config.sender_quota,
+            max_streams=limit.subscribe_streams_per_account,
+            tokens=config.tokens,
             store_threads=config.store_threads,
             on_event=self.metrics.relay_event,
         )
         self.metrics.track_subscribers(lambda: self.service.signals.subscriber_count)
         try:
+            await self.service.set_missing_token_expiry()
             await self.service.watch_store()  # before serving: no send of another relay goes unheard
         except BaseException:
             await self._release()

@@ -22,17 +22,21 @@ import secrets
 import time
 import uuid
 from collections import OrderedDict
+from dataclasses import dataclass, field
 from typing import AsyncIterator, Callable, Sequence
 
 from foundation.errors import (
     quote,
     AccountExistsError,
     BatchTooLargeError,
+    DeviceTokenExpiredError,
+    DeviceTokenRevokedError,
     InvalidArgumentError,
     MailboxFullError,
     PermissionDeniedError,
     RecordVersionNotNewerError,
     ResourceExhaustedError,
+    TooManySubscriptionsError,
     UnauthenticatedError,
     UnavailableError,
     UserNotFoundError,
@@ -40,9 +44,12 @@ from foundation.errors import (
 from foundation.messaging_ids import MAX_ACK_IDS, check_client_message_id, check_envelope, check_user_id
 from foundation.ratelimit import TokenBucketLimiter
 from foundation.store_workers import StoreWorkers
+from relay.config import SenderQuotaConfig, TokenConfig
+from relay.limits import MailboxSignals, SenderQuotas, address_key, admit
 from relay.store.base import (
     AccountTaken,
     ClientMessageIdReused,
+    DeviceToken,
     MailboxFull,
     MailboxLimits,
     NewMessage,
@@ -50,6 +57,7 @@ from relay.store.base import (
     RelayStore,
     SendReceipt,
     StoredMessage,
+    TokenNotValid,
     UnknownUser,
     VersionNotNewer,
 )
@@ -70,7 +78,30 @@ MAX_SEND_BATCH = 512
 #: `RelayStore.watch`, on other relays sharing the store wake subscribers at once).
 IDLE_RECHECK_SECONDS = 30.0
 
+#: Expired and revoked device tokens are kept this long (so a client is told "expired" or
+#: "revoked" rather than "unknown"), then deleted with the expired messages.
+TOKEN_FORGET_SECONDS = 30 * 24 * 3600.0
+#: Tokens read from the store that are cached at most (least recently used dropped first).
+TOKEN_CACHE_SIZE = 100_000
+
 EventSink = Callable[[str, int], None]
+
+_NO_QUOTA = SenderQuotaConfig(messages=0, bytes=0, all_recipients_bytes=0)
+_NEVER_EXPIRE = TokenConfig(lifetime_seconds=0, rotations_per_hour=0)
+
+
+@dataclass(frozen=True)
+class IssuedToken:
+    """A device token as issued: shown to its device this once, never stored."""
+
+    user_id: str
+    device_token: str = field(repr=False)
+    expire_time: float | None
+    previous_expire_time: float | None = None
+
+
+def _utc(when: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(when))
 
 
 def hash_token(token: str) -> bytes:
@@ -81,41 +112,6 @@ def hash_token(token: str) -> bytes:
 def new_device_token() -> str:
     """A fresh device token: a recognisable prefix and 256 random bits."""
     return TOKEN_PREFIX + secrets.token_urlsafe(32)
-
-
-class MailboxSignals:
-    """Wakes a mailbox's subscribers when a message arrives (or all of them: at shutdown, or when
-    news of other relays' sends may have been lost)."""
-
-    def __init__(self) -> None:
-        self._waiters: dict[str, set[asyncio.Event]] = {}
-
-    def register(self, user_id: str) -> asyncio.Event:
-        """A new event, set whenever `user_id`'s mailbox may hold something new."""
-        event = asyncio.Event()
-        self._waiters.setdefault(user_id, set()).add(event)
-        return event
-
-    def unregister(self, user_id: str, event: asyncio.Event) -> None:
-        waiters = self._waiters.get(user_id)
-        if waiters is not None:
-            waiters.discard(event)
-            if not waiters:
-                del self._waiters[user_id]
-
-    def notify(self, user_id: str) -> None:
-        """Wake every subscriber of `user_id` (call on the event loop)."""
-        for event in self._waiters.get(user_id, ()):
-            event.set()
-
-    def notify_all(self) -> None:
-        for waiters in self._waiters.values():
-            for event in waiters:
-                event.set()
-
-    @property
-    def subscriber_count(self) -> int:
-        return sum(len(w) for w in self._waiters.values())
 
 
 class _SendBatcher:
@@ -166,7 +162,10 @@ class RelayService:
 
     `ttl_seconds` 0 keeps messages until acknowledged; `dedupe_seconds` is how long a client
     message id is remembered when messages do not expire. `on_event(name, count)` is told of
-    "stored", "duplicate", "delivered", "acked" and "expired" messages (for metrics).
+    "stored", "duplicate", "delivered", "acked" and "expired" messages (for metrics). The limits
+    (`limiter` per account, `account_limiter` per client address, `account_total_limiter` for
+    the whole relay, `sender_quota`, `max_streams` per account) default to none, and tokens
+    (`tokens`) to never expiring.
     """
 
     def __init__(
@@ -178,6 +177,10 @@ class RelayService:
         dedupe_seconds: float,
         limiter: TokenBucketLimiter | None = None,
         account_limiter: TokenBucketLimiter | None = None,
+        account_total_limiter: TokenBucketLimiter | None = None,
+        sender_quota: SenderQuotaConfig | None = None,
+        max_streams: int = 16,
+        tokens: TokenConfig | None = None,
         store_threads: int = 4,
         clock: Callable[[], float] = time.time,
         on_event: EventSink | None = None,
@@ -188,12 +191,18 @@ class RelayService:
         self._dedupe = dedupe_seconds
         self._limiter = limiter or TokenBucketLimiter(0, 1)
         self._account_limiter = account_limiter or TokenBucketLimiter(0, 1)
+        self._account_total_limiter = account_total_limiter or TokenBucketLimiter(0, 1)
+        self._quotas = SenderQuotas(sender_quota or _NO_QUOTA)
+        self._token_policy = tokens or _NEVER_EXPIRE
+        rotations = self._token_policy.rotations_per_hour
+        self._rotation_limiter = TokenBucketLimiter(rotations / 3600, max(1, int(rotations)))
         self._clock = clock
         self._on_event = on_event or (lambda name, count: None)
         self._workers = StoreWorkers(store_threads, name="relay-store")
         self._batcher = _SendBatcher(store, self._workers, limits)
-        self.signals = MailboxSignals()
-        self._tokens: OrderedDict[bytes, str] = OrderedDict()
+        self.signals = MailboxSignals(max_streams)
+        # token hash -> (what the store said of it, when it was read by this relay's clock)
+        self._tokens: OrderedDict[bytes, tuple[DeviceToken, float]] = OrderedDict()
         self._closing = False
 
     async def watch_store(self) -> None:
@@ -218,44 +227,134 @@ class RelayService:
 
         await self._workers(self._store.watch, on_recipient, on_reconnect)
 
-    # -- accounts and admission ----------------------------------------------------------------
+    # -- accounts, tokens and admission ----------------------------------------------------------
 
-    async def create_account(self, user_id: str, client_address: str) -> tuple[str, str]:
-        """Create an account; returns (user id, device token). The token is not stored."""
+    def _token_expiry(self, now: float) -> float | None:
+        lifetime = self._token_policy.lifetime_seconds
+        return now + lifetime if lifetime else None
+
+    async def create_account(self, user_id: str, client_address: str) -> IssuedToken:
+        """Create an account and issue its first device token (which is not stored)."""
         check_user_id(user_id)
-        _admit(self._account_limiter, client_address, "account creations from this address")
+        admit(self._account_limiter, address_key(client_address), "account creations from this address")
+        admit(self._account_total_limiter, "", "account creations on this relay")
         token = new_device_token()
+        now = self._clock()
+        expire = self._token_expiry(now)
         try:
-            await self._workers(self._store.create_account, user_id, hash_token(token), self._clock())
+            await self._workers(self._store.create_account, user_id, hash_token(token), now, expire)
         except AccountTaken:
             raise AccountExistsError(f"the user id {quote(user_id)} is taken on this relay; choose another") from None
         log.info("account %s created", user_id)
-        return user_id, token
+        return IssuedToken(user_id, token, expire)
 
     async def authenticate(self, token: str | None) -> str:
         """The user id a device token belongs to, after the caller's rate limit.
 
-        Raises UnauthenticatedError (no token, or one no account has) or ResourceExhaustedError.
+        Raises UnauthenticatedError (no token, or one no account has), DeviceTokenExpiredError,
+        DeviceTokenRevokedError or ResourceExhaustedError.
         """
+        user_id = (await self._valid_token(token))[1].user_id
+        admit(self._limiter, user_id, "requests for this account")
+        return user_id
+
+    async def _valid_token(self, token: str | None) -> tuple[bytes, DeviceToken]:
         if not token:
             raise UnauthenticatedError(
                 "no device token: send `authorization: Bearer <device token>` (from CreateAccount)"
             )
         digest = hash_token(token)
-        user_id = self._tokens.get(digest)
-        if user_id is None:
-            user_id = await self._workers(self._store.user_for_token, digest)
-            if user_id is None:
+        now = self._clock()
+        cached = self._tokens.get(digest)
+        if cached is not None and now - cached[1] <= self._token_policy.cache_seconds:
+            record = cached[0]
+        else:
+            record = await self._workers(self._store.device_token, digest)
+            if record is None:
+                self._tokens.pop(digest, None)
                 raise UnauthenticatedError(
                     "the device token does not belong to any account on this relay; use the token "
-                    "CreateAccount returned"
+                    "CreateAccount or RotateDeviceToken returned"
                 )
-            # Accounts are never deleted, so a token once valid stays valid: cache it (bounded).
-            self._tokens[digest] = user_id
-            if len(self._tokens) > 100_000:
+            # Cached for a few seconds only: a token revoked through another relay sharing the
+            # store stops working here within `cache_seconds`.
+            self._tokens[digest] = (record, now)
+            self._tokens.move_to_end(digest)
+            while len(self._tokens) > TOKEN_CACHE_SIZE:
                 self._tokens.popitem(last=False)
-        _admit(self._limiter, user_id, "requests for this account")
-        return user_id
+        if record.revoke_time is not None:
+            raise DeviceTokenRevokedError(
+                f"the device token of {quote(record.user_id)} was revoked at {_utc(record.revoke_time)}; use the "
+                "account's newer token, or ask the relay operator to issue one (keyrelay relay --issue-token)"
+            )
+        if record.expire_time is not None and now >= record.expire_time:
+            raise DeviceTokenExpiredError(
+                f"the device token of {quote(record.user_id)} expired at {_utc(record.expire_time)}; devices rotate "
+                "their token before then (RotateDeviceToken); ask the relay operator to issue a new one "
+                "(keyrelay relay --issue-token)"
+            )
+        return digest, record
+
+    def _forget_tokens_of(self, user_id: str) -> None:
+        for digest in [d for d, (record, _) in self._tokens.items() if record.user_id == user_id]:
+            del self._tokens[digest]
+
+    async def rotate_token(self, token: str | None, *, revoke_previous: bool = False) -> IssuedToken:
+        """Issue a new token to the account of `token`, which stays valid for the rotation grace
+        period (or not at all with `revoke_previous`); every other token of the account is
+        revoked. Raises what `authenticate` raises, and ResourceExhaustedError."""
+        digest, record = await self._valid_token(token)
+        admit(self._limiter, record.user_id, "requests for this account")
+        admit(self._rotation_limiter, record.user_id, "device token rotations for this account")
+        new = new_device_token()
+        now = self._clock()
+        old_expire: float | None = None
+        if not revoke_previous:
+            old_expire = now + self._token_policy.rotation_grace_seconds
+            if record.expire_time is not None:
+                old_expire = min(old_expire, record.expire_time)
+        try:
+            issued = await self._workers(
+                self._store.rotate_token, digest, hash_token(new), now, self._token_expiry(now), old_expire
+            )
+        except TokenNotValid:
+            self._tokens.pop(digest, None)
+            raise UnauthenticatedError("the device token was revoked or expired meanwhile; it was not rotated") from None
+        self._forget_tokens_of(record.user_id)
+        log.info("device token of %s rotated", record.user_id)
+        return IssuedToken(record.user_id, new, issued.expire_time, now if old_expire is None else old_expire)
+
+    async def revoke_tokens(self, token: str | None, *, all_tokens: bool = False) -> int:
+        """Revoke `token` (a device signing out) or, with `all_tokens`, every token of its
+        account; returns how many were revoked."""
+        digest, record = await self._valid_token(token)
+        admit(self._limiter, record.user_id, "requests for this account")
+        count = await self._workers(
+            self._store.revoke_tokens, record.user_id, self._clock(), None if all_tokens else digest
+        )
+        self._forget_tokens_of(record.user_id)
+        log.info("%d device token(s) of %s revoked", count, record.user_id)
+        return count
+
+    async def issue_token(self, user_id: str) -> IssuedToken:
+        """The operator's recovery: revoke every token of `user_id` and issue a new one."""
+        check_user_id(user_id)
+        token = new_device_token()
+        now = self._clock()
+        try:
+            issued = await self._workers(self._store.issue_token, user_id, hash_token(token), now, self._token_expiry(now))
+        except UnknownUser:
+            raise UserNotFoundError(f"no account named {quote(user_id)} on this relay") from None
+        self._forget_tokens_of(user_id)
+        log.info("device token of %s issued by the operator; its other tokens are revoked", user_id)
+        return IssuedToken(user_id, token, issued.expire_time)
+
+    async def set_missing_token_expiry(self) -> int:
+        """Give tokens issued before tokens expired the configured lifetime from now."""
+        expire = self._token_expiry(self._clock())
+        if expire is None:
+            return 0
+        return await self._workers(self._store.set_missing_token_expiry, expire)
 
     # -- directory ---------------------------------------------------------------------------
 
@@ -320,7 +419,23 @@ class RelayService:
             expire_time=expire,
             forget_time=expire if expire is not None else now + self._dedupe,
         )
-        result = await self._batcher.submit(message)
+        try:
+            self._quotas.charge(sender, recipient, len(envelope))
+        except ResourceExhaustedError:
+            # A retry of a message stored before is answered as always, over quota or not: the
+            # sender may not have heard that it was stored.
+            earlier = await self._workers(self._store.earlier_send, message)
+            if earlier is None:
+                raise
+            result: SendReceipt | Exception = earlier
+        else:
+            try:
+                result = await self._batcher.submit(message)
+            except BaseException:
+                self._quotas.refund(sender, recipient, len(envelope))
+                raise
+            if isinstance(result, Exception) or result.duplicate:
+                self._quotas.refund(sender, recipient, len(envelope))  # nothing new was stored
         if isinstance(result, UnknownUser):
             raise UserNotFoundError(f"no account named {quote(recipient)} on this relay; check the recipient's user id")
         if isinstance(result, MailboxFull):
@@ -349,25 +464,35 @@ class RelayService:
     async def subscribe(self, user_id: str) -> AsyncIterator[StoredMessage]:
         """The user's pending messages in store order, then new ones as they arrive, until the
         caller stops iterating or the relay shuts down (UnavailableError: subscribe again)."""
-        wake = self.signals.register(user_id)
+        stream = self.signals.register(user_id)
         try:
             after = 0
             while True:
-                if self._closing:
-                    raise UnavailableError("the relay is shutting down; subscribe again (unacknowledged messages are kept)")
-                wake.clear()  # before reading, so a send committed after the read wakes us
+                self._check_stream(stream)
+                stream.wake.clear()  # before reading, so a send committed after the read wakes us
                 batch = await self._workers(self._store.pending_messages, user_id, after, self._clock(), DELIVERY_BATCH)
                 for message in batch:
+                    self._check_stream(stream)
                     yield message
                     after = message.seq
                     self._on_event("delivered", 1)
                 if len(batch) < DELIVERY_BATCH:
                     try:
-                        await asyncio.wait_for(wake.wait(), IDLE_RECHECK_SECONDS)
+                        await asyncio.wait_for(stream.wake.wait(), IDLE_RECHECK_SECONDS)
                     except asyncio.TimeoutError:
                         pass
         finally:
-            self.signals.unregister(user_id, wake)
+            self.signals.unregister(user_id, stream)
+
+    def _check_stream(self, stream) -> None:
+        if self._closing:
+            raise UnavailableError("the relay is shutting down; subscribe again (unacknowledged messages are kept)")
+        if stream.replaced:
+            raise TooManySubscriptionsError(
+                f"this account opened more than {self.signals.max_streams} Subscribe streams on this relay "
+                "(rate_limit.subscribe_streams_per_account), so its oldest, this one, was closed; a newer stream "
+                "receives the messages: do not reopen this one"
+            )
 
     async def ack(self, user_id: str, message_ids: Sequence[str]) -> int:
         """Delete acknowledged messages of the user's mailbox; returns how many were deleted."""
@@ -386,7 +511,8 @@ class RelayService:
 
     async def delete_expired(self) -> int:
         """Delete messages past their TTL (and forgotten idempotency records); returns the count."""
-        deleted = await self._workers(self._store.delete_expired, self._clock())
+        now = self._clock()
+        deleted = await self._workers(self._store.delete_expired, now, 10_000, now - TOKEN_FORGET_SECONDS)
         if deleted:
             self._on_event("expired", deleted)
             log.info("deleted %d expired messages", deleted)
@@ -403,8 +529,3 @@ class RelayService:
         await self._batcher.close()
         await asyncio.get_running_loop().run_in_executor(None, self._workers.close)
 
-
-def _admit(limiter: TokenBucketLimiter, key: str, what: str) -> None:
-    wait = limiter.try_acquire(key)
-    if wait:
-        raise ResourceExhaustedError(f"too many {what}; retry in {wait:.2f} s")

@@ -69,10 +69,26 @@ class RelayServicer(relay_pb2_grpc.RelayServiceServicer):
 
     async def CreateAccount(self, request, context):
         address = peer_ip(context)
-        user_id, token = await self._service.create_account(
+        issued = await self._service.create_account(
             request.user_id, str(address) if address is not None else context.peer()
         )
-        return relay_pb2.CreateAccountResponse(user_id=user_id, device_token=token)
+        response = relay_pb2.CreateAccountResponse(user_id=issued.user_id, device_token=issued.device_token)
+        if issued.expire_time is not None:
+            response.device_token_expire_time.CopyFrom(timestamp(issued.expire_time))
+        return response
+
+    async def RotateDeviceToken(self, request, context):
+        issued = await self._service.rotate_token(device_token(context), revoke_previous=request.revoke_previous)
+        response = relay_pb2.RotateDeviceTokenResponse(
+            device_token=issued.device_token, previous_token_expire_time=timestamp(issued.previous_expire_time)
+        )
+        if issued.expire_time is not None:
+            response.device_token_expire_time.CopyFrom(timestamp(issued.expire_time))
+        return response
+
+    async def RevokeDeviceToken(self, request, context):
+        count = await self._service.revoke_tokens(device_token(context), all_tokens=request.all)
+        return relay_pb2.RevokeDeviceTokenResponse(revoked_count=count)
 
     async def Send(self, request, context):
         sender = await self._service.authenticate(device_token(context))

@@ -80,6 +80,21 @@ class StoredMessage:
 
 
 @dataclass(frozen=True, slots=True)
+class DeviceToken:
+    """What the relay knows of one device token (never the token itself). Times are Unix seconds;
+    `expire_time` None: the token does not expire; `revoke_time` None: not revoked."""
+
+    user_id: str
+    issue_time: float
+    expire_time: float | None
+    revoke_time: float | None
+
+    def valid_at(self, now: float) -> bool:
+        """Whether the token authenticates a call at `now`."""
+        return self.revoke_time is None and (self.expire_time is None or now < self.expire_time)
+
+
+@dataclass(frozen=True, slots=True)
 class MailboxLimits:
     """The most unacknowledged messages, and envelope bytes, one mailbox may hold."""
 
@@ -93,6 +108,10 @@ class AccountTaken(Exception):
 
 class UnknownUser(Exception):
     """No account has this user id."""
+
+
+class TokenNotValid(Exception):
+    """The device token is unknown, expired or revoked (so it cannot be rotated)."""
 
 
 class VersionNotNewer(Exception):
@@ -120,11 +139,30 @@ class RelayStore(Protocol):
 
     # -- accounts -----------------------------------------------------------------------------
 
-    def create_account(self, user_id: str, token_hash: bytes, now: float) -> None:
-        """Create an account holding only the hash of its device token. Raises AccountTaken."""
+    def create_account(self, user_id: str, token_hash: bytes, now: float, expire_time: float | None) -> None:
+        """Create an account and its first device token (only its hash is kept). Raises AccountTaken."""
 
-    def user_for_token(self, token_hash: bytes) -> str | None:
-        """The user id whose device token hashes to `token_hash`, or None."""
+    def device_token(self, token_hash: bytes) -> DeviceToken | None:
+        """The device token whose hash is `token_hash` (valid, expired or revoked), or None."""
+
+    def rotate_token(
+        self, old_hash: bytes, new_hash: bytes, now: float, new_expire: float | None, old_expire: float | None
+    ) -> DeviceToken:
+        """Issue the token `new_hash` to the owner of the valid token `old_hash`, which then stays
+        valid until `old_expire` at the latest (None: it is revoked now); every other token of the
+        account is revoked, so an account never has more than two valid tokens. Returns the new
+        token. Raises TokenNotValid."""
+
+    def issue_token(self, user_id: str, token_hash: bytes, now: float, expire_time: float | None) -> DeviceToken:
+        """Revoke every token of the account and issue `token_hash` (the operator's recovery of an
+        account whose tokens are lost, expired or stolen). Raises UnknownUser."""
+
+    def revoke_tokens(self, user_id: str, now: float, token_hash: bytes | None = None) -> int:
+        """Revoke the account's token `token_hash`, or every token of it; returns how many."""
+
+    def set_missing_token_expiry(self, expire_time: float) -> int:
+        """Give every token without an expiry time (issued before tokens expired) `expire_time`;
+        returns how many were changed."""
 
     def account_exists(self, user_id: str) -> bool:
         """Whether `user_id` has an account."""
@@ -154,6 +192,10 @@ class RelayStore(Protocol):
         one message does not affect the others; a failure of the transaction raises.
         """
 
+    def earlier_send(self, message: NewMessage) -> SendReceipt | ClientMessageIdReused | None:
+        """What `store_messages` would answer for `message` if it was stored before: the
+        original's receipt (`duplicate` set) or ClientMessageIdReused; None if it was not."""
+
     def pending_messages(self, recipient: str, after_seq: int, now: float, limit: int) -> list[StoredMessage]:
         """Up to `limit` unacknowledged, unexpired messages of a mailbox with `seq` above
         `after_seq`, in `seq` order."""
@@ -162,9 +204,10 @@ class RelayStore(Protocol):
         """Delete these messages from the recipient's mailbox (acknowledged); returns how many
         were deleted. Ids not in that mailbox are ignored."""
 
-    def delete_expired(self, now: float, limit: int = 10_000) -> int:
-        """Delete up to `limit` messages whose `expire_time` has passed, and idempotency records
-        past their `forget_time`; returns the number of messages deleted."""
+    def delete_expired(self, now: float, limit: int = 10_000, token_forget_time: float | None = None) -> int:
+        """Delete up to `limit` messages whose `expire_time` has passed, idempotency records past
+        their `forget_time` and, with `token_forget_time`, device tokens that expired or were
+        revoked before it; returns the number of messages deleted."""
 
     def mailbox_usage(self, recipient: str) -> tuple[int, int]:
         """(messages, envelope bytes) waiting in the recipient's mailbox."""

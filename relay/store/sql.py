@@ -17,12 +17,14 @@ from foundation.postgres_db import PostgresDatabase
 from relay.store.base import (
     AccountTaken,
     ClientMessageIdReused,
+    DeviceToken,
     MailboxFull,
     MailboxLimits,
     NewMessage,
     PublishedRecord,
     SendReceipt,
     StoredMessage,
+    TokenNotValid,
     UnknownUser,
     VersionNotNewer,
 )
@@ -77,6 +79,21 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX sent_by_forget_time ON sent (forget_time);
     """,
+    # Device tokens expire and can be rotated and revoked: each account has its tokens here
+    # (hashes only). `accounts.token_hash` keeps the account's first token's hash and is no longer
+    # read. Tokens issued before this table existed get an expiry at the relay's next start
+    # (`set_missing_token_expiry`), as migrations cannot know the configured lifetime.
+    """
+    CREATE TABLE device_tokens (
+        token_hash BLOB PRIMARY KEY,
+        user_id TEXT NOT NULL REFERENCES accounts (user_id),
+        issue_time REAL NOT NULL,
+        expire_time REAL,
+        revoke_time REAL
+    );
+    CREATE INDEX device_tokens_by_user ON device_tokens (user_id);
+    INSERT INTO device_tokens (token_hash, user_id, issue_time) SELECT token_hash, user_id, create_time FROM accounts;
+    """,
 )
 
 _RECORD = "user_id, record_version, sealed_bundle, wrapped_dek, kms_key_id, publish_time"
@@ -125,6 +142,13 @@ def _message(row: tuple) -> StoredMessage:
     )
 
 
+def _earlier(message: NewMessage, prior: tuple) -> SendReceipt | ClientMessageIdReused:
+    message_id, digest, store_time, expire_time = prior
+    if bytes(digest) != bytes(message.digest):
+        return ClientMessageIdReused(message.client_message_id)
+    return SendReceipt(message_id, store_time, expire_time, duplicate=True)
+
+
 class SqlRelayStore:
     """A `RelayStore` in a SQLite file or a PostgreSQL database (`location`: a file path or a
     `postgresql://` DSN). Every write is one durable transaction."""
@@ -149,8 +173,8 @@ class SqlRelayStore:
 
     # -- accounts -----------------------------------------------------------------------------
 
-    def create_account(self, user_id: str, token_hash: bytes, now: float) -> None:
-        """Create an account holding only the hash of its device token. Raises AccountTaken."""
+    def create_account(self, user_id: str, token_hash: bytes, now: float, expire_time: float | None) -> None:
+        """Create an account and its first device token (only its hash is kept). Raises AccountTaken."""
 
         def insert(conn) -> None:
             # Only a taken user id is the caller's AccountTaken; a repeated token hash (two random
@@ -163,13 +187,94 @@ class SqlRelayStore:
             ).rowcount
             if inserted != 1:
                 raise AccountTaken(user_id)
+            self._insert_token(conn, token_hash, user_id, now, expire_time)
 
         self._db.write(insert)
 
-    def user_for_token(self, token_hash: bytes) -> str | None:
-        """The user id whose device token hashes to `token_hash`, or None."""
-        row = self._db.conn().execute("SELECT user_id FROM accounts WHERE token_hash = ?", (token_hash,)).fetchone()
-        return row[0] if row else None
+    @staticmethod
+    def _insert_token(conn, token_hash: bytes, user_id: str, now: float, expire_time: float | None) -> DeviceToken:
+        conn.execute(
+            "INSERT INTO device_tokens (token_hash, user_id, issue_time, expire_time) VALUES (?, ?, ?, ?)",
+            (token_hash, user_id, now, expire_time),
+        )
+        return DeviceToken(user_id, now, expire_time, None)
+
+    @staticmethod
+    def _token(conn, token_hash: bytes) -> DeviceToken | None:
+        row = conn.execute(
+            "SELECT user_id, issue_time, expire_time, revoke_time FROM device_tokens WHERE token_hash = ?",
+            (token_hash,),
+        ).fetchone()
+        return DeviceToken(*row) if row else None
+
+    def device_token(self, token_hash: bytes) -> DeviceToken | None:
+        """The device token whose hash is `token_hash` (valid, expired or revoked), or None."""
+        return self._token(self._db.conn(), token_hash)
+
+    def rotate_token(
+        self, old_hash: bytes, new_hash: bytes, now: float, new_expire: float | None, old_expire: float | None
+    ) -> DeviceToken:
+        """Issue the token `new_hash` to the owner of the valid token `old_hash`, which then stays
+        valid until `old_expire` at the latest (None: it is revoked now); every other token of the
+        account is revoked, so an account never has more than two valid tokens. Returns the new
+        token. Raises TokenNotValid."""
+
+        def rotate(conn) -> DeviceToken:
+            old = self._token(conn, old_hash)
+            if old is None or not old.valid_at(now):
+                raise TokenNotValid()
+            # Lock the account first, as sends do, so two rotations of one account run one by one.
+            conn.execute("UPDATE accounts SET pending_count = pending_count WHERE user_id = ?", (old.user_id,))
+            if old_expire is None:
+                self._revoke(conn, old.user_id, now, None)
+            else:
+                conn.execute(
+                    "UPDATE device_tokens SET revoke_time = ? WHERE user_id = ? AND token_hash <> ? "
+                    "AND revoke_time IS NULL",
+                    (now, old.user_id, old_hash),
+                )
+                conn.execute(
+                    "UPDATE device_tokens SET expire_time = ? WHERE token_hash = ? "
+                    "AND (expire_time IS NULL OR expire_time > ?)",
+                    (old_expire, old_hash, old_expire),
+                )
+            return self._insert_token(conn, new_hash, old.user_id, now, new_expire)
+
+        return self._db.write(rotate)
+
+    def issue_token(self, user_id: str, token_hash: bytes, now: float, expire_time: float | None) -> DeviceToken:
+        """Revoke every token of the account and issue `token_hash` (the operator's recovery of an
+        account whose tokens are lost, expired or stolen). Raises UnknownUser."""
+
+        def issue(conn) -> DeviceToken:
+            if not conn.execute("UPDATE accounts SET pending_count = pending_count WHERE user_id = ?", (user_id,)).rowcount:
+                raise UnknownUser(user_id)
+            self._revoke(conn, user_id, now, None)
+            return self._insert_token(conn, token_hash, user_id, now, expire_time)
+
+        return self._db.write(issue)
+
+    def revoke_tokens(self, user_id: str, now: float, token_hash: bytes | None = None) -> int:
+        """Revoke the account's token `token_hash`, or every token of it; returns how many."""
+        return self._db.write(lambda conn: self._revoke(conn, user_id, now, token_hash))
+
+    @staticmethod
+    def _revoke(conn, user_id: str, now: float, token_hash: bytes | None) -> int:
+        sql = "UPDATE device_tokens SET revoke_time = ? WHERE user_id = ? AND revoke_time IS NULL"
+        params: tuple = (now, user_id)
+        if token_hash is not None:
+            sql += " AND token_hash = ?"
+            params += (token_hash,)
+        return conn.execute(sql, params).rowcount
+
+    def set_missing_token_expiry(self, expire_time: float) -> int:
+        """Give every token without an expiry time (issued before tokens expired) `expire_time`;
+        returns how many were changed."""
+        return self._db.write(
+            lambda conn: conn.execute(
+                "UPDATE device_tokens SET expire_time = ? WHERE expire_time IS NULL", (expire_time,)
+            ).rowcount
+        )
 
     def account_exists(self, user_id: str) -> bool:
         """Whether `user_id` has an account."""
@@ -271,11 +376,7 @@ class SqlRelayStore:
                 key = (m.sender, m.client_message_id)
                 prior = logged.get(key)
                 if prior is not None:
-                    message_id, digest, store_time, expire_time = prior
-                    if bytes(digest) != bytes(m.digest):
-                        results.append(ClientMessageIdReused(m.client_message_id))
-                    else:
-                        results.append(SendReceipt(message_id, store_time, expire_time, duplicate=True))
+                    results.append(_earlier(m, prior))
                     continue
                 box = usage.get(m.recipient)
                 size = len(m.envelope)
@@ -301,6 +402,12 @@ class SqlRelayStore:
             return results
 
         return self._db.write(store)
+
+    def earlier_send(self, message: NewMessage) -> SendReceipt | ClientMessageIdReused | None:
+        """What `store_messages` would answer for `message` if it was stored before: the
+        original's receipt (`duplicate` set) or ClientMessageIdReused; None if it was not."""
+        prior = self._logged(self._db.conn(), [message]).get((message.sender, message.client_message_id))
+        return None if prior is None else _earlier(message, prior)
 
     @staticmethod
     def _logged(conn, messages: Sequence[NewMessage]) -> dict[tuple[str, str], tuple]:
@@ -402,9 +509,10 @@ class SqlRelayStore:
 
         return self._db.write(delete)
 
-    def delete_expired(self, now: float, limit: int = 10_000) -> int:
-        """Delete up to `limit` messages whose `expire_time` has passed, and every idempotency
-        record past its `forget_time`; returns the number of messages deleted."""
+    def delete_expired(self, now: float, limit: int = 10_000, token_forget_time: float | None = None) -> int:
+        """Delete up to `limit` messages whose `expire_time` has passed, every idempotency record
+        past its `forget_time` and, with `token_forget_time`, every device token that expired or
+        was revoked before it; returns the number of messages deleted."""
 
         def delete(conn) -> int:
             rows = conn.execute(
@@ -421,6 +529,11 @@ class SqlRelayStore:
             for recipient in sorted(freed):  # accounts in the order sends lock them
                 self._release(conn, recipient, *freed[recipient])
             conn.execute("DELETE FROM sent WHERE forget_time <= ?", (now,))
+            if token_forget_time is not None:
+                conn.execute(
+                    "DELETE FROM device_tokens WHERE revoke_time < ? OR expire_time < ?",
+                    (token_forget_time, token_forget_time),
+                )
             return len(rows)
 
         return self._db.write(delete)

@@ -343,7 +343,7 @@ async def test_concurrent_sends_are_all_stored_once(tmp_path):
 
 async def test_rate_limit_answers_resource_exhausted(tmp_path):
     relay = await start_relay(
-        relay_config(tmp_path, rate_limit=RateLimitConfig(requests_per_second=0.5, burst=2, account_creations_per_minute=2))
+        relay_config(tmp_path, rate_limit=RateLimitConfig(requests_per_second=0.5, burst=2, account_creations_per_minute=2, account_creation_burst=2))
     )
     try:
         alice = await relay.account("alice")

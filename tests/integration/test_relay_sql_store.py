@@ -21,11 +21,13 @@ from foundation.postgres_db import is_postgres_dsn
 from relay.store.base import (
     AccountTaken,
     ClientMessageIdReused,
+    DeviceToken,
     MailboxFull,
     MailboxLimits,
     NewMessage,
     PublishedRecord,
     SendReceipt,
+    TokenNotValid,
     UnknownUser,
     VersionNotNewer,
 )
@@ -63,9 +65,14 @@ def token_hash(user_id: str) -> bytes:
     return hashlib.sha256(b"token-of-" + user_id.encode()).digest()
 
 
+def owner(store: SqlRelayStore, digest: bytes) -> str | None:
+    token = store.device_token(digest)
+    return token.user_id if token is not None and token.valid_at(T0) else None
+
+
 def add_users(store: SqlRelayStore, *user_ids: str) -> None:
     for user_id in user_ids:
-        store.create_account(user_id, token_hash(user_id), T0)
+        store.create_account(user_id, token_hash(user_id), T0, None)
 
 
 def msg(
@@ -118,9 +125,9 @@ def sent_rows(location: str) -> int:
 
 def test_migration_creates_latest_schema(store, location):
     """A new database gets every table and index at the latest relay schema version."""
-    assert len(MIGRATIONS) == 1
-    assert store.schema_version() == 1
-    assert raw(location, "SELECT version FROM relay_schema_version") == [(1,)]
+    assert len(MIGRATIONS) == 2
+    assert store.schema_version() == 2
+    assert raw(location, "SELECT version FROM relay_schema_version") == [(2,)]
     if is_postgres_dsn(location):
         assert store.path == location  # no password to hide in the test's DSN
         tables = {n for (n,) in raw(location, "SELECT table_name FROM information_schema.tables "
@@ -135,15 +142,15 @@ def test_migration_creates_latest_schema(store, location):
         tables = {n for (n,) in raw(location, "SELECT name FROM sqlite_master WHERE type = 'table'")}
         indexes = {n for (n,) in raw(location, "SELECT name FROM sqlite_master WHERE type = 'index'")}
         assert raw(location, "PRAGMA journal_mode") == [("wal",)]
-    assert {"accounts", "records", "messages", "sent", "relay_schema_version"} <= tables
-    assert {"messages_by_recipient", "messages_by_expiry", "sent_by_forget_time"} <= indexes
+    assert {"accounts", "records", "messages", "sent", "device_tokens", "relay_schema_version"} <= tables
+    assert {"messages_by_recipient", "messages_by_expiry", "sent_by_forget_time", "device_tokens_by_user"} <= indexes
 
 
 def test_sqlite_file_gets_its_folder(tmp_path):
     path = str(tmp_path / "nested" / "relay.db")
     store = SqlRelayStore(path)
     try:
-        assert store.path == path and store.schema_version() == 1 and store.channel is None
+        assert store.path == path and store.schema_version() == 2 and store.channel is None
     finally:
         store.close()
 
@@ -156,7 +163,7 @@ def test_reopening_keeps_data_and_does_not_migrate_again(store, location):
 
     again = SqlRelayStore(location)
     try:
-        assert again.schema_version() == 1
+        assert again.schema_version() == 2
         assert again.account_exists("alice") and again.account_exists("bob")
         assert again.get_record("alice") == record("alice", 1)
         assert pending_ids(again, "bob") == [receipt.message_id]
@@ -189,31 +196,104 @@ def test_closed_store_fails_instead_of_reopening(store, location):
 
 def test_create_account_and_look_it_up_by_token(store):
     assert not store.account_exists("alice")
-    assert store.user_for_token(token_hash("alice")) is None
+    assert owner(store, token_hash("alice")) is None
     add_users(store, "alice", "bob")
     assert store.account_exists("alice")
-    assert store.user_for_token(token_hash("alice")) == "alice"
-    assert store.user_for_token(token_hash("bob")) == "bob"
-    assert store.user_for_token(token_hash("carol")) is None
+    assert owner(store, token_hash("alice")) == "alice"
+    assert owner(store, token_hash("bob")) == "bob"
+    assert owner(store, token_hash("carol")) is None
     assert store.mailbox_usage("alice") == (0, 0)
 
 
 def test_duplicate_user_id_is_account_taken_and_keeps_the_first_token(store):
     add_users(store, "alice")
     with pytest.raises(AccountTaken):
-        store.create_account("alice", token_hash("someone else"), T0 + 1)
-    assert store.user_for_token(token_hash("alice")) == "alice"
-    assert store.user_for_token(token_hash("someone else")) is None
+        store.create_account("alice", token_hash("someone else"), T0 + 1, None)
+    assert owner(store, token_hash("alice")) == "alice"
+    assert owner(store, token_hash("someone else")) is None
 
 
 def test_duplicate_token_hash_is_not_account_taken(store):
     """A repeated token hash under another user id is a storage error, not a taken user id."""
     add_users(store, "alice")
     with pytest.raises(INTEGRITY_ERRORS) as info:
-        store.create_account("mallory", token_hash("alice"), T0)
+        store.create_account("mallory", token_hash("alice"), T0, None)
     assert not isinstance(info.value, AccountTaken)
     assert not store.account_exists("mallory")
-    assert store.user_for_token(token_hash("alice")) == "alice"
+    assert owner(store, token_hash("alice")) == "alice"
+
+
+def test_rotation_keeps_the_old_token_until_its_grace_ends_and_revokes_all_others(store):
+    add_users(store, "alice", "bob")
+    first, second, third = token_hash("alice"), b"2" * 32, b"3" * 32
+    issued = store.rotate_token(first, second, T0 + 10, T0 + 1000, T0 + 70)
+    assert issued == DeviceToken("alice", T0 + 10, T0 + 1000, None)
+    assert store.device_token(first).expire_time == T0 + 70 and store.device_token(first).valid_at(T0 + 69)
+    assert not store.device_token(first).valid_at(T0 + 70)
+    # Rotating again from the first token (its answer to the device was lost) revokes the second.
+    store.rotate_token(first, third, T0 + 20, T0 + 1000, T0 + 80)
+    assert store.device_token(second).revoke_time == T0 + 20
+    assert store.device_token(first).expire_time == T0 + 70  # a grace period is never lengthened
+    assert store.device_token(token_hash("bob")).valid_at(T0 + 20)  # other accounts untouched
+    # A token that is no longer valid cannot rotate.
+    with pytest.raises(TokenNotValid):
+        store.rotate_token(second, b"4" * 32, T0 + 30, None, T0 + 90)
+    with pytest.raises(TokenNotValid):
+        store.rotate_token(first, b"4" * 32, T0 + 75, None, T0 + 90)
+    with pytest.raises(TokenNotValid):
+        store.rotate_token(b"unknown", b"4" * 32, T0 + 30, None, T0 + 90)
+
+
+def test_rotation_with_revoke_previous_revokes_the_rotated_token(store):
+    add_users(store, "alice")
+    store.rotate_token(token_hash("alice"), b"2" * 32, T0 + 10, None, None)
+    assert store.device_token(token_hash("alice")).revoke_time == T0 + 10
+    assert store.device_token(b"2" * 32).valid_at(T0 + 10**9)
+
+
+def test_revoke_one_or_all_tokens_and_operator_issue(store):
+    add_users(store, "alice")
+    store.rotate_token(token_hash("alice"), b"2" * 32, T0, None, T0 + 100)
+    assert store.revoke_tokens("alice", T0 + 1, b"2" * 32) == 1
+    assert store.device_token(token_hash("alice")).valid_at(T0 + 1)
+    assert store.revoke_tokens("alice", T0 + 2) == 1
+    assert not store.device_token(token_hash("alice")).valid_at(T0 + 2)
+    assert store.issue_token("alice", b"5" * 32, T0 + 3, T0 + 500).user_id == "alice"
+    assert store.device_token(b"5" * 32).valid_at(T0 + 3)
+    store.issue_token("alice", b"6" * 32, T0 + 4, None)
+    assert store.device_token(b"5" * 32).revoke_time == T0 + 4
+    with pytest.raises(UnknownUser):
+        store.issue_token("nobody", b"7" * 32, T0, None)
+
+
+def test_dead_tokens_are_forgotten_after_the_forget_time(store):
+    add_users(store, "alice", "bob")
+    store.revoke_tokens("alice", T0 + 1)
+    store.delete_expired(T0 + 5, token_forget_time=T0)
+    assert store.device_token(token_hash("alice")) is not None
+    store.delete_expired(T0 + 5, token_forget_time=T0 + 2)
+    assert store.device_token(token_hash("alice")) is None
+    assert store.device_token(token_hash("bob")) is not None
+
+
+def test_tokens_from_before_expiry_get_one_at_start_up(location):
+    """A store made by the first schema (accounts held their only token) migrates its tokens,
+    which then get the configured lifetime."""
+    from foundation.database import open_database
+
+    db = open_database(location, MIGRATIONS[:1], "relay_schema_version", what="relay store")
+    db.write(lambda conn: conn.execute(
+        "INSERT INTO accounts (user_id, token_hash, create_time) VALUES (?, ?, ?)", ("old", b"h" * 32, T0)
+    ))
+    db.close()
+    store = SqlRelayStore(location)
+    try:
+        assert store.device_token(b"h" * 32) == DeviceToken("old", T0, None, None)
+        assert store.set_missing_token_expiry(T0 + 99) == 1
+        assert store.device_token(b"h" * 32).expire_time == T0 + 99
+        assert store.set_missing_token_expiry(T0 + 500) == 0
+    finally:
+        store.close()
 
 
 def test_mailbox_usage_of_unknown_user_is_empty(store):

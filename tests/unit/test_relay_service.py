@@ -12,14 +12,18 @@ import pytest
 from fake_clock import Clock
 from foundation.config import ConfigError
 from foundation.errors import (
+    DeviceTokenExpiredError,
+    DeviceTokenRevokedError,
     InvalidArgumentError,
     MailboxFullError,
     ResourceExhaustedError,
+    TooManySubscriptionsError,
     UnauthenticatedError,
     UnavailableError,
+    UserNotFoundError,
 )
 from foundation.ratelimit import TokenBucketLimiter
-from relay.config import load_relay_config
+from relay.config import SenderQuotaConfig, TokenConfig, load_relay_config
 from relay.service import RelayService
 from relay.store.base import MailboxLimits
 from relay.store.sql import SqlRelayStore
@@ -63,7 +67,7 @@ async def make_service(tmp_path, clock):
 
 
 async def accounts(service: RelayService, *names: str) -> dict[str, str]:
-    return {name: (await service.create_account(name, "127.0.0.1"))[1] for name in names}
+    return {name: (await service.create_account(name, "127.0.0.1")).device_token for name in names}
 
 
 async def first(subscription, timeout: float = 5):
@@ -278,3 +282,168 @@ def test_config_store_dsn_selects_postgres_and_never_shows_its_password(tmp_path
     assert "store.dsn" in str(info.value) and "hunter2" not in str(info.value)
     sqlite = load_relay_config(write(tmp_path, '[store]\npath = "relay.db"\ndsn = ""\n'))
     assert sqlite.store.location == str(tmp_path / "relay.db")
+
+
+# -- device tokens -------------------------------------------------------------------------------
+
+LIFETIME = 10 * DAY
+
+
+async def test_tokens_expire_after_their_lifetime(make_service, clock):
+    service = make_service(tokens=TokenConfig(lifetime_seconds=LIFETIME, cache_seconds=60))
+    issued = await service.create_account("alice", "127.0.0.1")
+    assert issued.expire_time == pytest.approx(clock.now + LIFETIME, abs=1)
+    assert await service.authenticate(issued.device_token) == "alice"
+    clock.advance(LIFETIME + 1)  # the cached entry must not outlive the token
+    with pytest.raises(DeviceTokenExpiredError, match="expired at .*issue-token"):
+        await service.authenticate(issued.device_token)
+
+
+async def test_rotation_keeps_the_old_token_for_the_grace_period_only(make_service, clock):
+    service = make_service(tokens=TokenConfig(lifetime_seconds=LIFETIME, rotation_grace_seconds=3600))
+    old = (await service.create_account("alice", "127.0.0.1")).device_token
+    rotated = await service.rotate_token(old)
+    assert rotated.user_id == "alice" and rotated.device_token != old
+    assert rotated.previous_expire_time == pytest.approx(clock.now + 3600, abs=1)
+    assert rotated.expire_time == pytest.approx(clock.now + LIFETIME, abs=1)
+    assert await service.authenticate(old) == "alice"
+    assert await service.authenticate(rotated.device_token) == "alice"
+    clock.advance(3601)
+    with pytest.raises(DeviceTokenExpiredError):
+        await service.authenticate(old)
+    assert await service.authenticate(rotated.device_token) == "alice"
+
+
+async def test_rotation_with_revoke_previous_and_a_lost_answer(make_service):
+    service = make_service(tokens=TokenConfig(lifetime_seconds=0))
+    old = (await service.create_account("alice", "127.0.0.1")).device_token
+    lost = (await service.rotate_token(old)).device_token
+    # The device never got `lost`: it rotates again with the old token, which revokes `lost`.
+    kept = await service.rotate_token(old, revoke_previous=True)
+    with pytest.raises(DeviceTokenRevokedError, match="revoked"):
+        await service.authenticate(lost)
+    with pytest.raises(DeviceTokenRevokedError):
+        await service.authenticate(old)
+    assert kept.expire_time is None
+    assert await service.authenticate(kept.device_token) == "alice"
+
+
+async def test_revoke_own_token_or_all_and_the_operator_issues_a_new_one(make_service):
+    service = make_service()
+    tokens = await accounts(service, "alice", "bob")
+    second = (await service.rotate_token(tokens["alice"])).device_token
+    assert await service.revoke_tokens(second) == 1
+    with pytest.raises(DeviceTokenRevokedError):
+        await service.authenticate(second)
+    assert await service.authenticate(tokens["alice"]) == "alice"  # in its grace period still
+    assert await service.revoke_tokens(tokens["alice"], all_tokens=True) == 1
+    with pytest.raises(DeviceTokenRevokedError):
+        await service.rotate_token(tokens["alice"])
+    issued = await service.issue_token("alice")
+    assert await service.authenticate(issued.device_token) == "alice"
+    assert await service.authenticate(tokens["bob"]) == "bob"
+    with pytest.raises(UserNotFoundError):
+        await service.issue_token("nobody")
+
+
+async def test_a_revocation_through_another_relay_holds_within_the_cache_time(tmp_path, clock):
+    """Two relays on one store: a token revoked through one stops working on the other once the
+    other's cached reading is older than tokens.cache_seconds."""
+    store_here, store_there = SqlRelayStore(str(tmp_path / "r.db")), SqlRelayStore(str(tmp_path / "r.db"))
+    options = dict(limits=MailboxLimits(10, 1 << 20), ttl_seconds=DAY, dedupe_seconds=DAY, clock=clock,
+                   tokens=TokenConfig(lifetime_seconds=0, cache_seconds=5))
+    here, there = RelayService(store_here, **options), RelayService(store_there, **options)
+    try:
+        token = (await here.create_account("alice", "127.0.0.1")).device_token
+        assert await there.authenticate(token) == "alice"
+        await here.revoke_tokens(token)
+        assert await there.authenticate(token) == "alice"  # cached
+        clock.advance(5.1)
+        with pytest.raises(DeviceTokenRevokedError):
+            await there.authenticate(token)
+    finally:
+        for service, store in ((here, store_here), (there, store_there)):
+            await service.close()
+            store.close()
+
+
+async def test_rotations_are_rate_limited_per_account(make_service):
+    service = make_service(tokens=TokenConfig(lifetime_seconds=0, rotations_per_hour=2))
+    token = (await service.create_account("alice", "127.0.0.1")).device_token
+    for _ in range(2):
+        token = (await service.rotate_token(token, revoke_previous=True)).device_token
+    with pytest.raises(ResourceExhaustedError, match="rotations"):
+        await service.rotate_token(token)
+
+
+# -- abuse limits --------------------------------------------------------------------------------
+
+
+async def test_sender_quota_per_recipient_and_in_all(make_service):
+    service = make_service(
+        sender_quota=SenderQuotaConfig(window_seconds=3600, messages=3, bytes=0, all_recipients_bytes=0)
+    )
+    await accounts(service, "alice", "bob", "carol")
+    for i in range(3):
+        await service.send("alice", "bob", b"x", f"m{i}")
+    # A retry of a stored message is answered as before and does not count.
+    assert (await service.send("alice", "bob", b"x", "m0")).duplicate
+    with pytest.raises(ResourceExhaustedError, match=r"quota of 3 messages \(sender_quota.messages\) to 'bob'"):
+        await service.send("alice", "bob", b"x", "m3")
+    await service.send("alice", "carol", b"x", "c0")  # another recipient has its own quota
+    await service.send("carol", "bob", b"x", "c1")  # and so has another sender
+
+
+async def test_a_refused_message_costs_nothing_of_the_quota(make_service):
+    service = make_service(
+        limits=MailboxLimits(1, 1 << 20),
+        sender_quota=SenderQuotaConfig(window_seconds=3600, messages=2, bytes=0, all_recipients_bytes=0),
+    )
+    await accounts(service, "alice", "bob")
+    await service.send("alice", "bob", b"x", "m0")
+    for i in range(5):
+        with pytest.raises(MailboxFullError):
+            await service.send("alice", "bob", b"x", f"full{i}")
+    assert await service.ack("bob", [m.message_id for m in [await first(service.subscribe("bob"))]]) == 1
+    await service.send("alice", "bob", b"x", "m1")  # the five refusals were refunded
+
+
+async def test_sender_byte_quota_to_all_recipients(make_service):
+    big = b"b" * (200 * 1024)
+    service = make_service(
+        sender_quota=SenderQuotaConfig(window_seconds=3600, messages=0, bytes=0, all_recipients_bytes=300 * 1024)
+    )
+    await accounts(service, "alice", "bob", "carol")
+    await service.send("alice", "bob", big, "m0")
+    with pytest.raises(ResourceExhaustedError, match="all recipients"):
+        await service.send("alice", "carol", big, "m1")
+
+
+async def test_account_creation_is_limited_per_address_per_ipv6_64_and_in_all(make_service):
+    service = make_service(
+        account_limiter=TokenBucketLimiter(0.001, 1), account_total_limiter=TokenBucketLimiter(0.001, 4)
+    )
+    await service.create_account("a1", "2001:db8:1:2::1")
+    with pytest.raises(ResourceExhaustedError, match="from this address"):
+        await service.create_account("a2", "2001:db8:1:2:ffff::9")  # the same /64
+    await service.create_account("a3", "2001:db8:1:3::1")
+    await service.create_account("a4", "10.0.0.1")
+    await service.create_account("a5", "10.0.0.2")
+    with pytest.raises(ResourceExhaustedError, match="on this relay"):
+        await service.create_account("a6", "10.0.0.3")
+
+
+async def test_an_account_keeps_at_most_max_streams_and_the_oldest_is_closed(make_service):
+    service = make_service(max_streams=2)
+    await accounts(service, "alice", "bob")
+    streams = [service.subscribe("bob") for _ in range(3)]
+    waiting = [asyncio.ensure_future(first(s)) for s in streams]
+    for _ in range(50):
+        await asyncio.sleep(0.01)
+        if waiting[0].done():
+            break
+    with pytest.raises(TooManySubscriptionsError, match="more than 2 Subscribe streams"):
+        await waiting[0]
+    assert service.signals.subscriber_count == 2
+    await service.send("alice", "bob", b"hi", "m0")
+    assert [(await w).envelope for w in waiting[1:]] == [b"hi", b"hi"]

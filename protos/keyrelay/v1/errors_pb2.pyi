@@ -49,6 +49,9 @@ class ErrorReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     ERROR_REASON_MALFORMED_REQUEST: _ClassVar[ErrorReason]
     ERROR_REASON_INVALID_PAGE_TOKEN: _ClassVar[ErrorReason]
     ERROR_REASON_UNKNOWN_METHOD: _ClassVar[ErrorReason]
+    ERROR_REASON_TOO_MANY_SUBSCRIPTIONS: _ClassVar[ErrorReason]
+    ERROR_REASON_DEVICE_TOKEN_EXPIRED: _ClassVar[ErrorReason]
+    ERROR_REASON_DEVICE_TOKEN_REVOKED: _ClassVar[ErrorReason]
 ERROR_REASON_UNSPECIFIED: ErrorReason
 ERROR_REASON_INVALID_ARGUMENT: ErrorReason
 ERROR_REASON_PAYLOAD_TOO_LARGE: ErrorReason
@@ -91,6 +94,9 @@ ERROR_REASON_REVISION_CONFLICT: ErrorReason
 ERROR_REASON_MALFORMED_REQUEST: ErrorReason
 ERROR_REASON_INVALID_PAGE_TOKEN: ErrorReason
 ERROR_REASON_UNKNOWN_METHOD: ErrorReason
+ERROR_REASON_TOO_MANY_SUBSCRIPTIONS: ErrorReason
+ERROR_REASON_DEVICE_TOKEN_EXPIRED: ErrorReason
+ERROR_REASON_DEVICE_TOKEN_REVOKED: ErrorReason
 
 class ItemError(_message.Message):
     __slots__ = ("code", "reason", "message")

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17keyrelay/v1/relay.proto\x12\x0bkeyrelay.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\'\n\x14\x43reateAccountRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\">\n\x15\x43reateAccountResponse\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x14\n\x0c\x64\x65vice_token\x18\x02 \x01(\t\"\xe3\x01\n\x0cRelayMessage\x12\x12\n\nmessage_id\x18\x01 \x01(\t\x12\x16\n\x0esender_user_id\x18\x02 \x01(\t\x12\x19\n\x11recipient_user_id\x18\x03 \x01(\t\x12\x10\n\x08\x65nvelope\x18\x04 \x01(\x0c\x12\x19\n\x11\x63lient_message_id\x18\x05 \x01(\t\x12.\n\nstore_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x65xpire_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"U\n\x0bSendRequest\x12\x19\n\x11recipient_user_id\x18\x01 \x01(\t\x12\x10\n\x08\x65nvelope\x18\x02 \x01(\x0c\x12\x19\n\x11\x63lient_message_id\x18\x03 \x01(\t\"e\n\x0cSendResponse\x12\x12\n\nmessage_id\x18\x01 \x01(\t\x12.\n\nstore_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tduplicate\x18\x03 \x01(\x08\"\x12\n\x10SubscribeRequest\"?\n\x11SubscribeResponse\x12*\n\x07message\x18\x01 \x01(\x0b\x32\x19.keyrelay.v1.RelayMessage\"!\n\nAckRequest\x12\x13\n\x0bmessage_ids\x18\x01 \x03(\t\"$\n\x0b\x41\x63kResponse\x12\x15\n\rdeleted_count\x18\x01 \x01(\r2\xab\x02\n\x0cRelayService\x12V\n\rCreateAccount\x12!.keyrelay.v1.CreateAccountRequest\x1a\".keyrelay.v1.CreateAccountResponse\x12;\n\x04Send\x12\x18.keyrelay.v1.SendRequest\x1a\x19.keyrelay.v1.SendResponse\x12L\n\tSubscribe\x12\x1d.keyrelay.v1.SubscribeRequest\x1a\x1e.keyrelay.v1.SubscribeResponse0\x01\x12\x38\n\x03\x41\x63k\x12\x17.keyrelay.v1.AckRequest\x1a\x18.keyrelay.v1.AckResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17keyrelay/v1/relay.proto\x12\x0bkeyrelay.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\'\n\x14\x43reateAccountRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\"|\n\x15\x43reateAccountResponse\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x14\n\x0c\x64\x65vice_token\x18\x02 \x01(\t\x12<\n\x18\x64\x65vice_token_expire_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"3\n\x18RotateDeviceTokenRequest\x12\x17\n\x0frevoke_previous\x18\x01 \x01(\x08\"\xaf\x01\n\x19RotateDeviceTokenResponse\x12\x14\n\x0c\x64\x65vice_token\x18\x01 \x01(\t\x12<\n\x18\x64\x65vice_token_expire_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12>\n\x1aprevious_token_expire_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\'\n\x18RevokeDeviceTokenRequest\x12\x0b\n\x03\x61ll\x18\x01 \x01(\x08\"2\n\x19RevokeDeviceTokenResponse\x12\x15\n\rrevoked_count\x18\x01 \x01(\r\"\xe3\x01\n\x0cRelayMessage\x12\x12\n\nmessage_id\x18\x01 \x01(\t\x12\x16\n\x0esender_user_id\x18\x02 \x01(\t\x12\x19\n\x11recipient_user_id\x18\x03 \x01(\t\x12\x10\n\x08\x65nvelope\x18\x04 \x01(\x0c\x12\x19\n\x11\x63lient_message_id\x18\x05 \x01(\t\x12.\n\nstore_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x65xpire_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"U\n\x0bSendRequest\x12\x19\n\x11recipient_user_id\x18\x01 \x01(\t\x12\x10\n\x08\x65nvelope\x18\x02 \x01(\x0c\x12\x19\n\x11\x63lient_message_id\x18\x03 \x01(\t\"e\n\x0cSendResponse\x12\x12\n\nmessage_id\x18\x01 \x01(\t\x12.\n\nstore_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tduplicate\x18\x03 \x01(\x08\"\x12\n\x10SubscribeRequest\"?\n\x11SubscribeResponse\x12*\n\x07message\x18\x01 \x01(\x0b\x32\x19.keyrelay.v1.RelayMessage\"!\n\nAckRequest\x12\x13\n\x0bmessage_ids\x18\x01 \x03(\t\"$\n\x0b\x41\x63kResponse\x12\x15\n\rdeleted_count\x18\x01 \x01(\r2\xf3\x03\n\x0cRelayService\x12V\n\rCreateAccount\x12!.keyrelay.v1.CreateAccountRequest\x1a\".keyrelay.v1.CreateAccountResponse\x12\x62\n\x11RotateDeviceToken\x12%.keyrelay.v1.RotateDeviceTokenRequest\x1a&.keyrelay.v1.RotateDeviceTokenResponse\x12\x62\n\x11RevokeDeviceToken\x12%.keyrelay.v1.RevokeDeviceTokenRequest\x1a&.keyrelay.v1.RevokeDeviceTokenResponse\x12;\n\x04Send\x12\x18.keyrelay.v1.SendRequest\x1a\x19.keyrelay.v1.SendResponse\x12L\n\tSubscribe\x12\x1d.keyrelay.v1.SubscribeRequest\x1a\x1e.keyrelay.v1.SubscribeResponse0\x01\x12\x38\n\x03\x41\x63k\x12\x17.keyrelay.v1.AckRequest\x1a\x18.keyrelay.v1.AckResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,21 +35,29 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_CREATEACCOUNTREQUEST']._serialized_start=73
   _globals['_CREATEACCOUNTREQUEST']._serialized_end=112
   _globals['_CREATEACCOUNTRESPONSE']._serialized_start=114
-  _globals['_CREATEACCOUNTRESPONSE']._serialized_end=176
-  _globals['_RELAYMESSAGE']._serialized_start=179
-  _globals['_RELAYMESSAGE']._serialized_end=406
-  _globals['_SENDREQUEST']._serialized_start=408
-  _globals['_SENDREQUEST']._serialized_end=493
-  _globals['_SENDRESPONSE']._serialized_start=495
-  _globals['_SENDRESPONSE']._serialized_end=596
-  _globals['_SUBSCRIBEREQUEST']._serialized_start=598
-  _globals['_SUBSCRIBEREQUEST']._serialized_end=616
-  _globals['_SUBSCRIBERESPONSE']._serialized_start=618
-  _globals['_SUBSCRIBERESPONSE']._serialized_end=681
-  _globals['_ACKREQUEST']._serialized_start=683
-  _globals['_ACKREQUEST']._serialized_end=716
-  _globals['_ACKRESPONSE']._serialized_start=718
-  _globals['_ACKRESPONSE']._serialized_end=754
-  _globals['_RELAYSERVICE']._serialized_start=757
-  _globals['_RELAYSERVICE']._serialized_end=1056
+  _globals['_CREATEACCOUNTRESPONSE']._serialized_end=238
+  _globals['_ROTATEDEVICETOKENREQUEST']._serialized_start=240
+  _globals['_ROTATEDEVICETOKENREQUEST']._serialized_end=291
+  _globals['_ROTATEDEVICETOKENRESPONSE']._serialized_start=294
+  _globals['_ROTATEDEVICETOKENRESPONSE']._serialized_end=469
+  _globals['_REVOKEDEVICETOKENREQUEST']._serialized_start=471
+  _globals['_REVOKEDEVICETOKENREQUEST']._serialized_end=510
+  _globals['_REVOKEDEVICETOKENRESPONSE']._serialized_start=512
+  _globals['_REVOKEDEVICETOKENRESPONSE']._serialized_end=562
+  _globals['_RELAYMESSAGE']._serialized_start=565
+  _globals['_RELAYMESSAGE']._serialized_end=792
+  _globals['_SENDREQUEST']._serialized_start=794
+  _globals['_SENDREQUEST']._serialized_end=879
+  _globals['_SENDRESPONSE']._serialized_start=881
+  _globals['_SENDRESPONSE']._serialized_end=982
+  _globals['_SUBSCRIBEREQUEST']._serialized_start=984
+  _globals['_SUBSCRIBEREQUEST']._serialized_end=1002
+  _globals['_SUBSCRIBERESPONSE']._serialized_start=1004
+  _globals['_SUBSCRIBERESPONSE']._serialized_end=1067
+  _globals['_ACKREQUEST']._serialized_start=1069
+  _globals['_ACKREQUEST']._serialized_end=1102
+  _globals['_ACKRESPONSE']._serialized_start=1104
+  _globals['_ACKRESPONSE']._serialized_end=1140
+  _globals['_RELAYSERVICE']._serialized_start=1143
+  _globals['_RELAYSERVICE']._serialized_end=1642
 # @@protoc_insertion_point(module_scope)

@@ -16,12 +16,42 @@ class CreateAccountRequest(_message.Message):
     def __init__(self, user_id: _Optional[str] = ...) -> None: ...
 
 class CreateAccountResponse(_message.Message):
-    __slots__ = ("user_id", "device_token")
+    __slots__ = ("user_id", "device_token", "device_token_expire_time")
     USER_ID_FIELD_NUMBER: _ClassVar[int]
     DEVICE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    DEVICE_TOKEN_EXPIRE_TIME_FIELD_NUMBER: _ClassVar[int]
     user_id: str
     device_token: str
-    def __init__(self, user_id: _Optional[str] = ..., device_token: _Optional[str] = ...) -> None: ...
+    device_token_expire_time: _timestamp_pb2.Timestamp
+    def __init__(self, user_id: _Optional[str] = ..., device_token: _Optional[str] = ..., device_token_expire_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class RotateDeviceTokenRequest(_message.Message):
+    __slots__ = ("revoke_previous",)
+    REVOKE_PREVIOUS_FIELD_NUMBER: _ClassVar[int]
+    revoke_previous: bool
+    def __init__(self, revoke_previous: _Optional[bool] = ...) -> None: ...
+
+class RotateDeviceTokenResponse(_message.Message):
+    __slots__ = ("device_token", "device_token_expire_time", "previous_token_expire_time")
+    DEVICE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    DEVICE_TOKEN_EXPIRE_TIME_FIELD_NUMBER: _ClassVar[int]
+    PREVIOUS_TOKEN_EXPIRE_TIME_FIELD_NUMBER: _ClassVar[int]
+    device_token: str
+    device_token_expire_time: _timestamp_pb2.Timestamp
+    previous_token_expire_time: _timestamp_pb2.Timestamp
+    def __init__(self, device_token: _Optional[str] = ..., device_token_expire_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., previous_token_expire_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class RevokeDeviceTokenRequest(_message.Message):
+    __slots__ = ("all",)
+    ALL_FIELD_NUMBER: _ClassVar[int]
+    all: bool
+    def __init__(self, all: _Optional[bool] = ...) -> None: ...
+
+class RevokeDeviceTokenResponse(_message.Message):
+    __slots__ = ("revoked_count",)
+    REVOKED_COUNT_FIELD_NUMBER: _ClassVar[int]
+    revoked_count: int
+    def __init__(self, revoked_count: _Optional[int] = ...) -> None: ...
 
 class RelayMessage(_message.Message):
     __slots__ = ("message_id", "sender_user_id", "recipient_user_id", "envelope", "client_message_id", "store_time", "expire_time")

@@ -42,8 +42,11 @@ class RelayServiceStub:
     request fields only in part (at most 64 characters) and are at most 1 KiB.
 
     Authentication: every RPC except CreateAccount needs call metadata
-    `authorization: Bearer <device token>` from CreateAccount; missing or
-    invalid token: UNAUTHENTICATED UNAUTHENTICATED. Any RPC may also fail with
+    `authorization: Bearer <device token>` from CreateAccount or
+    RotateDeviceToken; missing or unknown token: UNAUTHENTICATED
+    UNAUTHENTICATED; expired: UNAUTHENTICATED DEVICE_TOKEN_EXPIRED; revoked:
+    UNAUTHENTICATED DEVICE_TOKEN_REVOKED. A token expires after the relay's
+    tokens.lifetime_seconds (default 180 days): rotate it before then. Any RPC may also fail with
     RESOURCE_EXHAUSTED RATE_LIMITED, UNAVAILABLE NODE_NOT_READY (safe to retry)
     and INTERNAL INTERNAL.
     """
@@ -58,6 +61,16 @@ class RelayServiceStub:
                 '/keyrelay.v1.RelayService/CreateAccount',
                 request_serializer=keyrelay_dot_v1_dot_relay__pb2.CreateAccountRequest.SerializeToString,
                 response_deserializer=keyrelay_dot_v1_dot_relay__pb2.CreateAccountResponse.FromString,
+                _registered_method=True)
+        self.RotateDeviceToken = channel.unary_unary(
+                '/keyrelay.v1.RelayService/RotateDeviceToken',
+                request_serializer=keyrelay_dot_v1_dot_relay__pb2.RotateDeviceTokenRequest.SerializeToString,
+                response_deserializer=keyrelay_dot_v1_dot_relay__pb2.RotateDeviceTokenResponse.FromString,
+                _registered_method=True)
+        self.RevokeDeviceToken = channel.unary_unary(
+                '/keyrelay.v1.RelayService/RevokeDeviceToken',
+                request_serializer=keyrelay_dot_v1_dot_relay__pb2.RevokeDeviceTokenRequest.SerializeToString,
+                response_deserializer=keyrelay_dot_v1_dot_relay__pb2.RevokeDeviceTokenResponse.FromString,
                 _registered_method=True)
         self.Send = channel.unary_unary(
                 '/keyrelay.v1.RelayService/Send',
@@ -93,15 +106,44 @@ class RelayServiceServicer:
     request fields only in part (at most 64 characters) and are at most 1 KiB.
 
     Authentication: every RPC except CreateAccount needs call metadata
-    `authorization: Bearer <device token>` from CreateAccount; missing or
-    invalid token: UNAUTHENTICATED UNAUTHENTICATED. Any RPC may also fail with
+    `authorization: Bearer <device token>` from CreateAccount or
+    RotateDeviceToken; missing or unknown token: UNAUTHENTICATED
+    UNAUTHENTICATED; expired: UNAUTHENTICATED DEVICE_TOKEN_EXPIRED; revoked:
+    UNAUTHENTICATED DEVICE_TOKEN_REVOKED. A token expires after the relay's
+    tokens.lifetime_seconds (default 180 days): rotate it before then. Any RPC may also fail with
     RESOURCE_EXHAUSTED RATE_LIMITED, UNAVAILABLE NODE_NOT_READY (safe to retry)
     and INTERNAL INTERNAL.
     """
 
     def CreateAccount(self, request, context):
         """Creates an account and returns its device token. Needs no authorization.
-        Errors: INVALID_ARGUMENT INVALID_USER_ID; ALREADY_EXISTS ACCOUNT_EXISTS.
+        Errors: INVALID_ARGUMENT INVALID_USER_ID; ALREADY_EXISTS ACCOUNT_EXISTS;
+        RESOURCE_EXHAUSTED RATE_LIMITED (too many accounts from this address, or
+        on this relay, per minute).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RotateDeviceToken(self, request, context):
+        """Issues a new device token to the caller's account. The token that made
+        the call stays valid beside it for the relay's rotation grace period
+        (tokens.rotation_grace_seconds, default 1 hour) unless revoke_previous is
+        set; every other token of the account is revoked, so an account has at
+        most two valid tokens. Rotate when half of a token's lifetime is gone.
+        Errors: RESOURCE_EXHAUSTED RATE_LIMITED (more than
+        tokens.rotations_per_hour rotations of the account).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RevokeDeviceToken(self, request, context):
+        """Revokes the token that makes the call (a device signing out) or, with
+        `all`, every token of the account. Takes effect at once on this relay and
+        within tokens.cache_seconds (default 5 s) on replicas sharing its store.
+        A revoked account is usable again only with a token the relay operator
+        issues (`keyrelay relay --config F --issue-token USER`).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -113,7 +155,9 @@ class RelayServiceServicer:
         Idempotent on (sender, client_message_id): retry freely.
         Errors: INVALID_ARGUMENT ENVELOPE_TOO_LARGE, INVALID_USER_ID or
         INVALID_ARGUMENT (bad client_message_id); NOT_FOUND USER_NOT_FOUND
-        (no such recipient); RESOURCE_EXHAUSTED MAILBOX_FULL.
+        (no such recipient); RESOURCE_EXHAUSTED MAILBOX_FULL, or RATE_LIMITED
+        when the sender reached its quota for this recipient or for all of them
+        (sender_quota; the message says which and when to retry).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -124,6 +168,10 @@ class RelayServiceServicer:
         message in store order, then new ones as they arrive, until the client
         cancels. Messages not acknowledged with Ack are delivered again on the
         next Subscribe, so receivers must drop duplicates by message_id.
+        An account keeps at most rate_limit.subscribe_streams_per_account streams
+        (default 16) open on one relay: opening another closes the account's
+        oldest stream with RESOURCE_EXHAUSTED TOO_MANY_SUBSCRIPTIONS (do not
+        reopen that one).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -147,6 +195,16 @@ def add_RelayServiceServicer_to_server(servicer, server):
                     servicer.CreateAccount,
                     request_deserializer=keyrelay_dot_v1_dot_relay__pb2.CreateAccountRequest.FromString,
                     response_serializer=keyrelay_dot_v1_dot_relay__pb2.CreateAccountResponse.SerializeToString,
+            ),
+            'RotateDeviceToken': grpc.unary_unary_rpc_method_handler(
+                    servicer.RotateDeviceToken,
+                    request_deserializer=keyrelay_dot_v1_dot_relay__pb2.RotateDeviceTokenRequest.FromString,
+                    response_serializer=keyrelay_dot_v1_dot_relay__pb2.RotateDeviceTokenResponse.SerializeToString,
+            ),
+            'RevokeDeviceToken': grpc.unary_unary_rpc_method_handler(
+                    servicer.RevokeDeviceToken,
+                    request_deserializer=keyrelay_dot_v1_dot_relay__pb2.RevokeDeviceTokenRequest.FromString,
+                    response_serializer=keyrelay_dot_v1_dot_relay__pb2.RevokeDeviceTokenResponse.SerializeToString,
             ),
             'Send': grpc.unary_unary_rpc_method_handler(
                     servicer.Send,
@@ -188,8 +246,11 @@ class RelayService:
     request fields only in part (at most 64 characters) and are at most 1 KiB.
 
     Authentication: every RPC except CreateAccount needs call metadata
-    `authorization: Bearer <device token>` from CreateAccount; missing or
-    invalid token: UNAUTHENTICATED UNAUTHENTICATED. Any RPC may also fail with
+    `authorization: Bearer <device token>` from CreateAccount or
+    RotateDeviceToken; missing or unknown token: UNAUTHENTICATED
+    UNAUTHENTICATED; expired: UNAUTHENTICATED DEVICE_TOKEN_EXPIRED; revoked:
+    UNAUTHENTICATED DEVICE_TOKEN_REVOKED. A token expires after the relay's
+    tokens.lifetime_seconds (default 180 days): rotate it before then. Any RPC may also fail with
     RESOURCE_EXHAUSTED RATE_LIMITED, UNAVAILABLE NODE_NOT_READY (safe to retry)
     and INTERNAL INTERNAL.
     """
@@ -211,6 +272,60 @@ class RelayService:
             '/keyrelay.v1.RelayService/CreateAccount',
             keyrelay_dot_v1_dot_relay__pb2.CreateAccountRequest.SerializeToString,
             keyrelay_dot_v1_dot_relay__pb2.CreateAccountResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RotateDeviceToken(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/keyrelay.v1.RelayService/RotateDeviceToken',
+            keyrelay_dot_v1_dot_relay__pb2.RotateDeviceTokenRequest.SerializeToString,
+            keyrelay_dot_v1_dot_relay__pb2.RotateDeviceTokenResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RevokeDeviceToken(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/keyrelay.v1.RelayService/RevokeDeviceToken',
+            keyrelay_dot_v1_dot_relay__pb2.RevokeDeviceTokenRequest.SerializeToString,
+            keyrelay_dot_v1_dot_relay__pb2.RevokeDeviceTokenResponse.FromString,
             options,
             channel_credentials,
             insecure,
