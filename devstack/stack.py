@@ -344,7 +344,7 @@ class DevStack:
         config.write_text(
             f'listen = "127.0.0.1:{port}"\nmetrics_listen = "127.0.0.1:{metrics}"\nshutdown_grace_seconds = 5\n\n'
             f'[store]\npath = "{self.root / "relay.db"}"\n' + (f'dsn = "{dsn}"\n' if dsn else "")
-            + "\n[rate_limit]\naccount_creations_per_minute = 600\n"
+            + "\n[rate_limit]\naccount_creations_per_minute = 600\naccount_creation_burst = 600\n"
         )
         return config
 

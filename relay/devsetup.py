@@ -15,8 +15,11 @@ from kms_node import devsetup
 
 def write_relay_config(path: Path, *, port: int, store: Path, extra: str = "", rate_limits: bool = False) -> Path:
     """A plain-text loopback relay config; `extra` is TOML appended to the top level. Rate limits
-    are off unless `rate_limits` (tests and benchmarks send far faster than a person)."""
-    limits = "" if rate_limits else "[rate_limit]\nrequests_per_second = 0\naccount_creations_per_minute = 0\n"
+    and sender quotas are off unless `rate_limits` (tests and benchmarks send far faster than a person)."""
+    limits = "" if rate_limits else (
+        "[rate_limit]\nrequests_per_second = 0\naccount_creations_per_minute = 0\naccount_creations_per_minute_total = 0\n"
+        "[sender_quota]\nmessages = 0\nbytes = 0\nall_recipients_bytes = 0\n"
+    )
     path.write_text(
         f'listen = "127.0.0.1:{port}"\nshutdown_grace_seconds = 5\n{extra}\n[store]\npath = "{store}"\n{limits}'
     )
