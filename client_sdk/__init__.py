@@ -80,6 +80,7 @@ from foundation.errors import (
     NodeNotReadyError,
     NotFoundError,
     PayloadTooLargeError,
+    PeerVersionDowngradeError,
     PermissionDeniedError,
     PrivateEndpointRequiredError,
     RecordVersionNotNewerError,
