@@ -24,6 +24,7 @@ from client_sdk.device_keys import DeviceKeyPair, DeviceKeys
 from client_sdk.envelope import DEFAULT_CHUNK_SIZE, EnvelopeInfo, decrypt_stream, encrypt_stream
 from client_sdk.kms_client import AsyncKmsClient, KmsClient
 from client_sdk.messenger import Messenger, ReceivedMessage, RejectedMessage, RejectReason, log_rejection
+from client_sdk.messenger_policy import MessengerPolicy
 from client_sdk.relay_client import RelayClient, Subscription
 from client_sdk.relay_types import DirectoryRecord, RelayAccount, RelayMessage, SendReceipt
 from client_sdk.types import (
@@ -82,6 +83,7 @@ from foundation.errors import (
     NodeNotReadyError,
     NotFoundError,
     PayloadTooLargeError,
+    PeerVersionDowngradeError,
     PermissionDeniedError,
     PrivateEndpointRequiredError,
     RecordVersionNotNewerError,

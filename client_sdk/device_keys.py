@@ -13,8 +13,9 @@ and device, encrypted under a key derived from the user's passphrase:
     }
 
 - scrypt (RFC 7914) turns the passphrase into a 32-byte master secret; HKDF-SHA256 derives from it
-  one AES-256-GCM key per file kind (the device file, and the receiver's list of seen messages
-  beside it), so the same nonce space never serves two purposes. The default cost, n = 2**17,
+  one AES-256-GCM key per file kind (the device file, and beside it the messenger's state: the
+  messages it has taken, `NAME.seen`, and the peers' key versions it has seen, `NAME.peers`), so
+  the same nonce space never serves two purposes. The default cost, n = 2**17,
   r = 8, p = 1 (128 MiB, about 0.3 s on a 2-core machine), is OWASP's scrypt minimum.
 - The AAD binds the format name, its version and the user id: a file renamed to another user, or
   edited to claim another format version, does not decrypt.
@@ -25,6 +26,11 @@ and device, encrypted under a key derived from the user's passphrase:
 - Written to a temporary file (mode 0600, fsync'd) and renamed over the old one, under an
   advisory lock (`.NAME.lock` beside the file), re-reading the file first: two processes of the
   same device never lose each other's new key pairs.
+
+The state files beside the device file are `{"format", "version", "nonce", "ciphertext"}` documents
+under the same scheme (the AAD binds their format, version and user id); what they hold is the
+messenger's (`client_sdk.messenger_policy`), versioned by it. An absent or unreadable one reads as
+None.
 
 A wrong passphrase, or an altered file, raises `CiphertextAuthenticationError`; a file that is not
 a device file raises `MalformedCiphertextError`. Neither message holds key material or the
@@ -69,6 +75,7 @@ from keyrelay.v1 import messaging_pb2
 FORMAT = "keyrelay.device-keys"
 FORMAT_VERSION = 1
 _SEEN_FORMAT = "keyrelay.device-seen"
+_PEERS_FORMAT = "keyrelay.device-peers"
 
 #: scrypt cost of new device files (n: CPU/memory cost, a power of two; r: block size; p: lanes).
 SCRYPT_N, SCRYPT_R, SCRYPT_P = 2**17, 8, 1
@@ -288,8 +295,8 @@ def _unb64(text: Any) -> bytes:
     return base64.b64decode(text.encode("ascii"), validate=True)
 
 
-def _aad(kind: str, user_id: str) -> bytes:
-    return f"{kind}\0{FORMAT_VERSION}\0{user_id}".encode()
+def _aad(kind: str, user_id: str, version: int = FORMAT_VERSION) -> bytes:
+    return f"{kind}\0{version}\0{user_id}".encode()
 
 
 def _subkey(master: bytes, kind: str) -> bytes:
@@ -420,6 +427,7 @@ class DeviceKeys:
         self._kdf = kdf
         self._file_key = _subkey(master, FORMAT)
         self._seen_key = _subkey(master, _SEEN_FORMAT)
+        self._peers_key = _subkey(master, _PEERS_FORMAT)
 
     def __repr__(self) -> str:
         return (
@@ -593,37 +601,59 @@ class DeviceKeys:
         }
         _write_private(self._path, (json.dumps(document, indent=2) + "\n").encode())
 
-    # -- the receiver's seen messages ---------------------------------------------------------
+    # -- the messenger's state beside the device file --------------------------------------------
 
     @property
     def seen_path(self) -> Path:
-        """The file beside the device file listing recently received (sender, message id) pairs."""
+        """The file beside the device file holding the messages the receiver has taken."""
         return self._path.with_name(self._path.name + ".seen")
 
-    def load_seen(self) -> list[tuple[str, str]]:
-        """The (sender, message id) pairs saved by `save_seen`; [] if none, or unreadable (the list
-        only drops duplicates, so losing it is harmless)."""
-        try:
-            document = json.loads(self.seen_path.read_bytes())
-            if document.get("format") != _SEEN_FORMAT or document.get("version") != FORMAT_VERSION:
-                return []
-            plaintext = AESGCM(self._seen_key).decrypt(
-                _unb64(document["nonce"]), _unb64(document["ciphertext"]), _aad(_SEEN_FORMAT, self._user_id)
-            )
-            return [(str(sender), str(message_id)) for sender, message_id in json.loads(plaintext)]
-        except (OSError, ValueError, KeyError, TypeError, AttributeError, InvalidTag, binascii.Error):
-            return []
+    @property
+    def peers_path(self) -> Path:
+        """The file beside the device file holding the peers' key versions seen."""
+        return self._path.with_name(self._path.name + ".peers")
 
-    def save_seen(self, seen: Sequence[tuple[str, str]]) -> None:
-        """Replace the seen-messages file (encrypted: who wrote to this user is private too)."""
-        nonce = secrets.token_bytes(_NONCE_BYTES)
-        ciphertext = AESGCM(self._seen_key).encrypt(
-            nonce, json.dumps([list(item) for item in seen]).encode(), _aad(_SEEN_FORMAT, self._user_id)
+    def load_seen(self) -> tuple[int, Any] | None:
+        """The (version, content) that `save_seen` wrote; None if there is none, or it is unreadable."""
+        return _read_state(self.seen_path, self._seen_key, _SEEN_FORMAT, self._user_id)
+
+    def save_seen(self, content: Any, version: int) -> None:
+        """Replace the seen-messages file with `content` (JSON) of format `version` (encrypted: who
+        wrote to this user is private too)."""
+        _write_state(self.seen_path, self._seen_key, _SEEN_FORMAT, self._user_id, version, content)
+
+    def load_peers(self) -> tuple[int, Any] | None:
+        """The (version, content) of the peers file; None if there is none, or it is unreadable."""
+        return _read_state(self.peers_path, self._peers_key, _PEERS_FORMAT, self._user_id)
+
+    def update_peers(self, merge: Callable[[tuple[int, Any] | None], tuple[int, Any]]) -> tuple[int, Any]:
+        """Under the device file's lock, replace the peers file with `merge(what it holds)` and
+        return that: two processes of one device never lose each other's changes."""
+        with _locked(self._path):
+            version, content = merge(self.load_peers())
+            _write_state(self.peers_path, self._peers_key, _PEERS_FORMAT, self._user_id, version, content)
+        return version, content
+
+
+def _read_state(path: Path, key: bytes, kind: str, user_id: str) -> tuple[int, Any] | None:
+    try:
+        document = json.loads(path.read_bytes())
+        version = document.get("version")
+        if document.get("format") != kind or isinstance(version, bool) or not isinstance(version, int):
+            return None
+        plaintext = AESGCM(key).decrypt(
+            _unb64(document["nonce"]), _unb64(document["ciphertext"]), _aad(kind, user_id, version)
         )
-        document = {
-            "format": _SEEN_FORMAT, "version": FORMAT_VERSION, "nonce": _b64(nonce), "ciphertext": _b64(ciphertext)
-        }
-        _write_private(self.seen_path, json.dumps(document).encode())
+        return version, json.loads(plaintext)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, InvalidTag, binascii.Error):
+        return None
+
+
+def _write_state(path: Path, key: bytes, kind: str, user_id: str, version: int, content: Any) -> None:
+    nonce = secrets.token_bytes(_NONCE_BYTES)
+    ciphertext = AESGCM(key).encrypt(nonce, json.dumps(content).encode(), _aad(kind, user_id, version))
+    document = {"format": kind, "version": version, "nonce": _b64(nonce), "ciphertext": _b64(ciphertext)}
+    _write_private(path, json.dumps(document).encode())
 
 
 @dataclass(frozen=True)

@@ -35,17 +35,36 @@ client message id, so retries are stored once.
 **Receive.** `receive()` reads the mailbox stream. For each envelope it looks up the relay-
 authenticated sender's bundle of the version the body names (that number is the only thing read
 from the body before the signature verifies), verifies the signature, checks that the signed body
-names that sender and this user, drops duplicates by (sender, message id), and decrypts with the
-private key of the named bundle version. A genuine message is yielded, and acknowledged (the relay
-then deletes it) only once the application has taken it: when the generator is resumed, or closed,
-after the yield. A crash before that leaves it in the mailbox, to come again; the ids of messages
-taken are kept (and saved, encrypted, beside the device file) to drop such repeats. An envelope
-that fails a check is never yielded: it is reported to `on_reject` as a `RejectedMessage` (without
-content) and acknowledged, so it cannot block the mailbox. Failures that are not the envelope's
-fault (the KMS or relay unavailable, this client's credential refused) are raised instead, and the
-message stays in the mailbox. One case is in between: when the KMS will not open the sender's
-record (sealed under a key this credential may not use), the envelope is reported but left in the
-mailbox, so that neither a stranger's record blocks the mailbox nor a misconfiguration loses mail.
+names that sender and this user, checks its send time and drops repeats by (sender, message id),
+and decrypts with the private key of the named bundle version. A genuine message is yielded, and
+acknowledged (the relay then deletes it) only once the application has taken it: when the
+generator is resumed, or closed, after the yield. A crash before that leaves it in the mailbox, to
+come again; the ids of messages taken are kept (and saved, encrypted, beside the device file) to
+drop such repeats. An envelope that fails a check is never yielded: it is reported to `on_reject`
+as a `RejectedMessage` (without content) and acknowledged, so it cannot block the mailbox.
+Failures that are not the envelope's fault (the KMS or relay unavailable, this client's credential
+refused) are raised instead, and the message stays in the mailbox.
+
+**Against a hostile relay and hostile senders** (`MessengerPolicy`, its state in
+`client_sdk.messenger_state`):
+
+- *Rollback.* The highest record version seen of each peer is kept (beside the device file, so a
+  restart keeps it too). `send` refuses a directory whose newest record is older
+  (`PeerVersionDowngradeError`), and a signature by an older version is accepted only for
+  `superseded_grace_seconds` (24 hours) after this device first saw a newer one
+  (`SUPERSEDED_SENDER_VERSION`): the messages that were in flight when the sender rotated.
+- *Replay.* An envelope whose signed send time is older than `message_ttl_seconds` (the relay's
+  30 days) or further ahead than `clock_skew_seconds` (5 minutes) is refused
+  (`ENVELOPE_TOO_OLD`, `ENVELOPE_FROM_FUTURE`); within that window the ids of taken messages are
+  kept, up to `seen_limit` (the relay's 10,000 messages a mailbox), so a copy stored again is
+  refused as `REPLAYED`. (The same message redelivered under its own relay id, after a lost
+  acknowledgement, is dropped quietly.) When the limit forgets a message early, nothing its sender
+  sent until then is accepted again (`ENVELOPE_TOO_OLD`).
+- *Poison.* Anyone may publish a record that does not open for this user's credential and send
+  from it. A record that failed to open is not sent to the KMS again for
+  `refusal_cache_seconds` (5 minutes), so one bad sender costs one KMS call; its envelopes are
+  reported as `SENDER_KEY_REFUSED`, left in the mailbox at the first delivery (in case the
+  refusal was a mistake being mended) and acknowledged at the `refused_deliveries`-th (the 2nd).
 
 Nothing here logs or puts in an exception plaintext, private keys, the passphrase or the token.
 """
@@ -80,18 +99,22 @@ from client_sdk.device_keys import (
     KemSpec,
     kem_spec,
 )
+from client_sdk.messenger_policy import Freshness, MessengerPolicy, Superseded
+from client_sdk.messenger_state import MessengerState
 from client_sdk.relay_types import DirectoryRecord, RelayMessage, SendReceipt
 from foundation.errors import (
     FailedPreconditionError,
     InvalidArgumentError,
     KeyNotFoundError,
     KeyrelayError,
+    PeerVersionDowngradeError,
     PermissionDeniedError,
     RecordVersionNotNewerError,
     RevisionConflictError,
     SealedRecordMismatchError,
     UnavailableError,
     UserNotFoundError,
+    quote,
 )
 from foundation.messaging_ids import CLIENT_MESSAGE_ID, check_client_message_id, check_user_id
 from keyrelay.v1 import messaging_pb2
@@ -104,8 +127,6 @@ ENVELOPE_PREFIX = b"keyrelay.v1.envelope"
 DEFAULT_CACHE_TTL = 300.0
 #: How long `receive(follow=False)` waits for another message before it calls the mailbox drained.
 DEFAULT_IDLE_TIMEOUT = 1.0
-#: How many (sender, message id) pairs of taken messages are remembered to drop repeats.
-SEEN_LIMIT = 4096
 _CACHE_LIMIT = 1024
 _SENT_LIMIT = 256
 _QUEUE_SIZE = 64
@@ -121,10 +142,14 @@ class RejectReason(StrEnum):
     UNKNOWN_SENDER_KEY = "unknown-sender-key"
     #: The sender's directory record did not open as theirs (sealed for another user, altered).
     SENDER_RECORD_INVALID = "sender-record-invalid"
-    #: The KMS would not open the sender's record (this credential may not use its key, or the key
-    #: is disabled). The envelope is *not* acknowledged: it stays in the mailbox, to be tried again
-    #: by a later `receive`, without holding up the messages behind it.
+    #: The KMS would not open the sender's record (its key does not exist, this credential may not
+    #: use it, or it is disabled). The envelope stays in the mailbox, without holding up the
+    #: messages behind it, for another try by a later delivery, until it has been delivered
+    #: `MessengerPolicy.refused_deliveries` times: then it is acknowledged (dropped).
     SENDER_KEY_REFUSED = "sender-key-refused"
+    #: Signed with a version of the sender's keys older than the newest this device has seen, more
+    #: than `MessengerPolicy.superseded_grace_seconds` after it first saw a newer one.
+    SUPERSEDED_SENDER_VERSION = "superseded-sender-version"
     #: The signature does not verify with the sender's signing key.
     BAD_SIGNATURE = "bad-signature"
     #: Validly signed by the relay's sender, but the body claims another sender.
@@ -135,6 +160,14 @@ class RejectReason(StrEnum):
     UNKNOWN_RECIPIENT_KEY = "unknown-recipient-key"
     #: The HPKE ciphertext did not open: sealed to another key, or altered.
     UNDECRYPTABLE = "undecryptable"
+    #: A message already taken, stored again under another relay message id: a replay.
+    REPLAYED = "replayed"
+    #: Sent (its signed send time) longer ago than `MessengerPolicy.message_ttl_seconds`, or no
+    #: later than a message of the same sender's that this device no longer remembers: too old to
+    #: tell from a replay.
+    ENVELOPE_TOO_OLD = "envelope-too-old"
+    #: Sent further in the future than `MessengerPolicy.clock_skew_seconds`.
+    ENVELOPE_FROM_FUTURE = "envelope-from-future"
 
 
 @dataclass(frozen=True)
@@ -161,7 +194,8 @@ class RejectedMessage:
     """An envelope that was not shown: who the relay says sent it, its relay id, and why.
 
     `detail` says what failed, for a person; it holds ids and versions, never content.
-    `acknowledged` is false only for `SENDER_KEY_REFUSED`, whose envelope stays in the mailbox.
+    `acknowledged` is false only for a `SENDER_KEY_REFUSED` envelope kept in the mailbox for
+    another try.
     """
 
     sender: str
@@ -224,7 +258,10 @@ class Messenger:
         relay: a `RelayClient` of the user's relay.
         device: the loaded device file.
         cache_ttl: seconds an opened public-key bundle is used before the KMS opens it again.
-        clock: monotonic seconds, for the cache (tests give a fake one).
+        policy: what is refused as old, repeated, rolled back or undeliverable (see
+            `MessengerPolicy` for the defaults).
+        clock: monotonic seconds, for the caches (tests give a fake one).
+        wall_clock: Unix seconds, for send times and the policy's periods (tests give a fake one).
     """
 
     def __init__(
@@ -234,7 +271,9 @@ class Messenger:
         device: DeviceKeys,
         *,
         cache_ttl: float = DEFAULT_CACHE_TTL,
+        policy: MessengerPolicy | None = None,
         clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
     ) -> None:
         if cache_ttl < 0:
             raise ValueError(f"cache_ttl must be 0 or more seconds, not {cache_ttl!r}")
@@ -245,9 +284,12 @@ class Messenger:
         self._clock = clock
         self._lock = threading.Lock()
         self._peers: OrderedDict[tuple[str, int], _PeerBundle] = OrderedDict()
+        # (sender, version) -> (reason, detail, until): records that failed to open, not tried again
+        # before `until` (monotonic), so that a bad sender costs one KMS call, not one per message.
+        self._unopened: OrderedDict[tuple[str, int], tuple[RejectReason, str, float]] = OrderedDict()
         self._sent: OrderedDict[str, tuple[bytes, bytes]] = OrderedDict()  # message id -> (digest, envelope)
-        self._seen: OrderedDict[tuple[str, str], None] = OrderedDict.fromkeys(device.load_seen()[-SEEN_LIMIT:])
-        self._seen_dirty = False
+        self._wall = wall_clock
+        self._state = MessengerState(device, policy or MessengerPolicy(), wall_clock)
         relay.device_token = device.device_token
 
     def __repr__(self) -> str:
@@ -319,6 +361,11 @@ class Messenger:
     def device(self) -> DeviceKeys:
         return self._device
 
+    @property
+    def policy(self) -> MessengerPolicy:
+        """What this messenger refuses as old, repeated, rolled back or undeliverable."""
+        return self._state.policy
+
     def publish(self) -> int:
         """Seal and publish the newest bundle version unless the directory has it; returns it.
 
@@ -369,11 +416,19 @@ class Messenger:
 
     def _peer(self, user_id: str, bundle_version: int = 0) -> _PeerBundle:
         """The opened bundle of `user_id`: of `bundle_version`, or (0) of the directory's newest
-        record, asked for on every call so that a new version is used at once."""
+        record, asked for on every call so that a new version is used at once, and refused if it
+        is older than a version this device has seen."""
         record: DirectoryRecord | None = None
         if bundle_version == 0:
             record = self._relay.get_record(user_id)
             bundle_version = record.record_version
+            newest = self._state.newest(user_id)
+            if bundle_version < newest:
+                raise PeerVersionDowngradeError(
+                    f"the directory gives version {bundle_version} as {user_id!r}'s newest record, but this device has "
+                    f"seen their version {newest}: the relay is serving an old record (rolling back their keys), so "
+                    "nothing is encrypted to it; try again later, or ask the relay's operator"
+                )
         with self._lock:
             if record is not None:
                 # A version change drops what was opened of the older ones.
@@ -390,7 +445,37 @@ class Messenger:
             self._peers[(user_id, bundle_version)] = peer
             while len(self._peers) > _CACHE_LIMIT:
                 self._peers.popitem(last=False)
+        self._state.observe(user_id, bundle_version)
         return peer
+
+    def _sender_bundle(self, sender: str, version: int) -> _PeerBundle | tuple[RejectReason, str]:
+        """The opened bundle of `sender`'s `version`, or why it cannot be had: the envelope's fault
+        (anyone may publish a record that does not open for us). A failure is remembered for
+        `refusal_cache_seconds`: the KMS is not asked again for that record meanwhile."""
+        key = (sender, version)
+        with self._lock:
+            failed = self._unopened.get(key)
+            if failed is not None and self._clock() < failed[2]:
+                return failed[0], failed[1]
+        try:
+            return self._peer(sender, version)
+        except UserNotFoundError:
+            reason, detail = RejectReason.UNKNOWN_SENDER_KEY, f"{sender!r} has no published bundle version {version}"
+        except (PermissionDeniedError, KeyNotFoundError, FailedPreconditionError) as exc:
+            # Its key does not exist, is another tenant's or disabled, or this credential may not use it.
+            reason = RejectReason.SENDER_KEY_REFUSED
+            detail = f"the KMS would not open {sender!r}'s bundle version {version}: {exc.message}"
+        except SealedRecordMismatchError as exc:
+            reason, detail = RejectReason.SENDER_RECORD_INVALID, exc.message
+        except InvalidArgumentError as exc:  # e.g. a wrapped key that is no KMS ciphertext at all
+            reason = RejectReason.SENDER_RECORD_INVALID
+            detail = f"{sender!r}'s bundle version {version} is not a record the KMS can open: {exc.message}"
+        with self._lock:
+            self._unopened[key] = (reason, detail, self._clock() + self.policy.refusal_cache_seconds)
+            self._unopened.move_to_end(key)
+            while len(self._unopened) > _CACHE_LIMIT:
+                self._unopened.popitem(last=False)
+        return reason, detail
 
     def _open_record(self, user_id: str, bundle_version: int, record: DirectoryRecord) -> _PeerBundle:
         """Open `record` through the KMS and check that it is `user_id`'s bundle `bundle_version`."""
@@ -441,6 +526,8 @@ class Messenger:
             EnvelopeTooLargeError: the envelope would exceed the relay's 256 KiB.
             UserNotFoundError: the recipient has no account or no published record.
             SealedRecordMismatchError: the recipient's directory record is not theirs.
+            PeerVersionDowngradeError: the directory's newest record of the recipient is older
+                than one this device has seen (a relay rolling back their keys).
             FailedPreconditionError: this user has not published a bundle yet (call `publish()`).
         """
         check_user_id(recipient, "recipient user id")
@@ -507,7 +594,8 @@ class Messenger:
         acknowledged when the generator is closed or collected.
 
         Rejected envelopes are passed to `on_reject` (default: `log_rejection`, a warning in this
-        module's log) and, but for `SENDER_KEY_REFUSED`, acknowledged; they are never yielded.
+        module's log) and acknowledged, but for a `SENDER_KEY_REFUSED` one before its last allowed
+        delivery (`MessengerPolicy.refused_deliveries`); they are never yielded.
 
         Raises:
             UnavailableError, KeyrelayError: the relay or KMS failed in a way that is not the
@@ -557,23 +645,12 @@ class Messenger:
                 log.warning("could not acknowledge %d message(s): %s", len(pending), exc.message)
 
     def _taken(self, message: ReceivedMessage, pending: list[str]) -> None:
-        with self._lock:
-            self._seen[(message.sender, message.message_id)] = None
-            while len(self._seen) > SEEN_LIMIT:
-                self._seen.popitem(last=False)
-            self._seen_dirty = True
+        self._state.take(message.sender, message.message_id, message.send_time.timestamp(), message.relay_message_id)
         pending.append(message.relay_message_id)
 
     def _flush(self, pending: list[str]) -> None:
         """Save the seen ids, then acknowledge `pending` (so an acknowledged repeat is dropped)."""
-        if self._seen_dirty:
-            with self._lock:
-                seen = list(self._seen)
-                self._seen_dirty = False
-            try:
-                self._device.save_seen(seen)
-            except OSError as exc:
-                log.warning("could not save the seen-messages file %s: %s", self._device.seen_path, exc.strerror)
+        self._state.save()
         if pending:
             self._relay.ack(pending)
             pending.clear()
@@ -594,17 +671,17 @@ class Messenger:
         version = body.sender_bundle_version
         if version < 1:
             return reject(RejectReason.MALFORMED, "the envelope names no sender bundle version")
-        try:
-            peer = self._peer(sender, version)
-        except UserNotFoundError:
-            return reject(RejectReason.UNKNOWN_SENDER_KEY, f"{sender!r} has no published bundle version {version}")
-        except SealedRecordMismatchError as exc:
-            return reject(RejectReason.SENDER_RECORD_INVALID, exc.message)
-        except (PermissionDeniedError, KeyNotFoundError, FailedPreconditionError) as exc:
-            # Anyone may seal a record under a key this credential cannot use: acknowledging would
-            # let a misconfiguration drop messages, raising would let one sender block the mailbox.
-            detail = f"the KMS would not open {sender!r}'s bundle version {version}: {exc.message}"
-            return RejectedMessage(sender, message.message_id, RejectReason.SENDER_KEY_REFUSED, detail, False)
+        # Checked before the signature (the version picks the key), so that a superseded key costs
+        # no KMS call; a forger naming an old version is refused either way.
+        superseded = self._state.superseded(sender, version)
+        if superseded is not None:
+            return reject(RejectReason.SUPERSEDED_SENDER_VERSION, self._superseded_detail(sender, version, superseded))
+        peer = self._sender_bundle(sender, version)
+        if isinstance(peer, tuple):
+            reason, detail = peer
+            if reason is RejectReason.SENDER_KEY_REFUSED:
+                return self._refused(message, detail)
+            return reject(reason, detail)
         try:
             peer.signing_public_key.verify(signed.signature, ENVELOPE_PREFIX + signed.body)
         except InvalidSignature:
@@ -617,11 +694,18 @@ class Messenger:
             return reject(RejectReason.SENDER_MISMATCH, f"signed by {sender!r} but claims to be from {claimed!r}")
         if body.recipient_user_id != self.user_id or message.recipient_user_id != self.user_id:
             return reject(RejectReason.NOT_ADDRESSED_TO_US, f"addressed to {body.recipient_user_id!r}")
-        if not CLIENT_MESSAGE_ID.fullmatch(body.message_id) or not body.HasField("send_time"):
+        try:
+            send_time = to_datetime(body.send_time)
+        except (ValueError, OverflowError, OSError):
+            send_time = None
+        if not CLIENT_MESSAGE_ID.fullmatch(body.message_id) or not body.HasField("send_time") or send_time is None:
             return reject(RejectReason.MALFORMED, "the envelope has no valid message id or send time")
-        with self._lock:
-            if (sender, body.message_id) in self._seen:
-                return None
+        # The same seconds `_taken` remembers, to the microsecond.
+        freshness = self._state.freshness(sender, body.message_id, send_time.timestamp(), message.message_id)
+        if freshness is Freshness.REDELIVERED:
+            return None
+        if freshness is not Freshness.NEW:
+            return reject(*self._stale(freshness, sender, body.message_id, send_time))
         to_version = body.recipient_bundle_version
         if to_version > max(self._device.bundle_versions):
             self._device.refresh()  # another process of this device may have re-registered
@@ -642,12 +726,66 @@ class Messenger:
             sender=sender,
             message_id=body.message_id,
             plaintext=plaintext,
-            send_time=to_datetime(body.send_time),
+            send_time=send_time,
             relay_message_id=message.message_id,
             store_time=message.store_time,
             sender_bundle_version=version,
             recipient_bundle_version=to_version,
         )
+
+    def _refused(self, message: RelayMessage, detail: str) -> RejectedMessage:
+        """The rejection of an envelope whose sender's record the KMS refused: kept in the mailbox
+        (in case the refusal was a mistake being mended) until its last allowed delivery."""
+        deliveries, allowed = self._state.refused_delivery(message.message_id), self.policy.refused_deliveries
+        dropped = deliveries >= allowed
+        if dropped:
+            detail += f"; dropped after {deliveries} deliveries"
+        else:
+            detail += f"; left in the mailbox for another try (delivery {deliveries} of {allowed})"
+        return RejectedMessage(message.sender_user_id, message.message_id, RejectReason.SENDER_KEY_REFUSED, detail, dropped)
+
+    def _superseded_detail(self, sender: str, version: int, superseded: Superseded) -> str:
+        grace = _duration(self.policy.superseded_grace_seconds)
+        if superseded.since is None:
+            when = f"more than {grace} ago"
+        else:
+            when = f"{_duration(self._wall() - superseded.since)} ago (messages in flight are accepted for {grace})"
+        return (
+            f"signed with {sender!r}'s bundle version {version}, which their version {superseded.version} replaced: "
+            f"this device first saw that {when}"
+        )
+
+    def _stale(self, freshness: Freshness, sender: str, message_id: str, send_time: datetime) -> tuple[RejectReason, str]:
+        """The reason and detail of an envelope that is not new."""
+        policy, age = self.policy, self._wall() - send_time.timestamp()
+        if freshness is Freshness.REPLAYED:
+            return RejectReason.REPLAYED, (
+                f"{sender!r}'s message {quote(message_id)} was received already; this copy was stored again "
+                "under another relay message id"
+            )
+        if freshness is Freshness.FUTURE:
+            return RejectReason.ENVELOPE_FROM_FUTURE, (
+                f"sent {_duration(-age)} in the future, more than the {_duration(policy.clock_skew_seconds)} "
+                "that clocks may differ by"
+            )
+        if freshness is Freshness.EXPIRED:
+            return RejectReason.ENVELOPE_TOO_OLD, (
+                f"sent {_duration(age)} ago, longer than the message TTL of {_duration(policy.message_ttl_seconds)}: "
+                "too old to tell from a replay"
+            )
+        return RejectReason.ENVELOPE_TOO_OLD, (
+            f"sent {_duration(age)} ago, no later than a message of {sender!r}'s that this device no longer "
+            f"remembers (it keeps {policy.seen_limit} message ids): too old to tell from a replay"
+        )
+
+def _duration(seconds: float) -> str:
+    """`seconds` for a person: "30 days", "25 hours", "5 minutes", "12 seconds"."""
+    for unit, size in (("day", 86400), ("hour", 3600), ("minute", 60)):
+        if seconds >= 2 * size:
+            count = round(seconds / size)
+            return f"{count} {unit}s"
+    count = round(seconds)
+    return f"{count} second" + ("" if count == 1 else "s")
 
 
 # -- reading the mailbox ------------------------------------------------------------------------

@@ -35,7 +35,8 @@ classes. Each class carries the gRPC status code it travels as and a *reason* (t
     │   ├── KeyVersionRetiredError
     │   ├── KeyStateConflictError
     │   ├── CredentialLimitReachedError
-    │   └── RecordVersionNotNewerError
+    │   ├── RecordVersionNotNewerError
+    │   └── PeerVersionDowngradeError
     ├── RevisionConflictError           ABORTED
     ├── PermissionDeniedError           PERMISSION_DENIED
     │   ├── NetworkNotAllowedError
@@ -283,6 +284,12 @@ class RecordVersionNotNewerError(FailedPreconditionError):
     """A directory record's version is not above the newest one published."""
 
     reason = "RECORD_VERSION_NOT_NEWER"
+
+
+class PeerVersionDowngradeError(FailedPreconditionError):
+    """The directory served an older record version of a peer than this device has seen (SDK only)."""
+
+    reason = "PEER_VERSION_DOWNGRADE"
 
 
 class RevisionConflictError(KeyrelayError):

@@ -8,6 +8,7 @@ import stat
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from client_sdk import device_keys
 from client_sdk.device_keys import DeviceKeyPair, DeviceKeys, kem_spec
@@ -173,12 +174,48 @@ def test_reprs_hold_no_secret(tmp_path):
     assert "bundle_versions=[1]" in repr(device)
 
 
-def test_seen_list_round_trips_encrypted_and_tolerates_damage(tmp_path):
+def test_state_files_round_trip_encrypted_and_tolerate_damage(tmp_path):
     device = make(tmp_path / "alice.keys")
-    assert device.load_seen() == []
-    device.save_seen([("bob", "m-1"), ("carol", "m-2")])
+    assert device.load_seen() is None and device.load_peers() is None
+    device.save_seen({"seen": [["bob", "m-1"]]}, 2)
     assert b"m-1" not in device.seen_path.read_bytes()
     assert stat.S_IMODE(device.seen_path.stat().st_mode) == 0o600
-    assert DeviceKeys.load(device.path, PASSPHRASE).load_seen() == [("bob", "m-1"), ("carol", "m-2")]
+    assert DeviceKeys.load(device.path, PASSPHRASE).load_seen() == (2, {"seen": [["bob", "m-1"]]})
+    document = json.loads(device.seen_path.read_text())
+    document["version"] = 3  # the AAD binds the version: a file cannot be passed off as another
+    device.seen_path.write_text(json.dumps(document))
+    assert device.load_seen() is None
     device.seen_path.write_text("{broken")
-    assert device.load_seen() == []
+    assert device.load_seen() is None
+
+
+def test_the_seen_file_of_earlier_sdks_still_reads(tmp_path):
+    device = make(tmp_path / "alice.keys")
+    # Exactly what `save_seen` wrote before the messenger's state had versions of its own.
+    nonce = b"\x01" * 12
+    ciphertext = AESGCM(device._seen_key).encrypt(
+        nonce, json.dumps([["bob", "m-1"]]).encode(), b"keyrelay.device-seen\x001\x00alice"
+    )
+    device.seen_path.write_text(json.dumps({
+        "format": "keyrelay.device-seen", "version": 1,
+        "nonce": base64.b64encode(nonce).decode(), "ciphertext": base64.b64encode(ciphertext).decode(),
+    }))
+    assert device.load_seen() == (1, [["bob", "m-1"]])
+
+
+def test_peer_updates_from_two_processes_merge_under_the_lock(tmp_path):
+    device = make(tmp_path / "alice.keys")
+    other = DeviceKeys.load(device.path, PASSPHRASE)  # another process of the same device
+
+    def add(name: str):
+        def merge(stored):
+            content = dict(stored[1]) if stored else {}
+            content[name] = True
+            return 1, content
+        return merge
+
+    assert device.update_peers(add("bob")) == (1, {"bob": True})
+    assert other.update_peers(add("carol")) == (1, {"bob": True, "carol": True})
+    assert device.load_peers() == (1, {"bob": True, "carol": True})
+    assert b"carol" not in device.peers_path.read_bytes()
+    assert stat.S_IMODE(device.peers_path.stat().st_mode) == 0o600

@@ -11,7 +11,7 @@ import time
 import uuid
 from collections import defaultdict
 from dataclasses import replace
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from types import SimpleNamespace
 
 import pytest
@@ -26,6 +26,7 @@ from client_sdk.messenger import (
     envelope_info,
     sign_envelope,
 )
+from client_sdk.messenger_policy import MessengerPolicy
 from client_sdk.relay_types import DirectoryRecord, RelayAccount, RelayMessage, SendReceipt
 from client_sdk.types import OpenedPublicKey, SealedPublicKey
 from fake_clock import Clock
@@ -34,6 +35,8 @@ from foundation.errors import (
     AlreadyExistsError,
     CiphertextAuthenticationError,
     InvalidArgumentError,
+    MalformedCiphertextError,
+    PeerVersionDowngradeError,
     PermissionDeniedError,
     RecordVersionNotNewerError,
     RevisionConflictError,
@@ -57,8 +60,10 @@ class FakeKms:
 
     def __init__(self) -> None:
         self.opens = 0
+        self.calls: dict[str, int] = defaultdict(int)  # OpenPublicKey calls by the record's user
         self.fail_with: Exception | None = None
         self.refused_users: set[str] = set()  # records sealed under a key this credential may not use
+        self.garbled_users: set[str] = set()  # records whose wrapped key is no KMS ciphertext
 
     def describe_key(self, key_id: str):
         return SimpleNamespace(key_id={"alias/directory": "key-1"}.get(key_id, key_id))
@@ -67,10 +72,13 @@ class FakeKms:
         return SealedPublicKey(user_id, bundle_version, bundle, json.dumps([key_id, user_id, bundle_version]).encode())
 
     def open_public_key(self, sealed: SealedPublicKey) -> OpenedPublicKey:
+        self.calls[sealed.user_id] += 1
         if self.fail_with is not None:
             raise self.fail_with
         if sealed.user_id in self.refused_users:
             raise PermissionDeniedError("this access point may not use key key-9")
+        if sealed.user_id in self.garbled_users:
+            raise MalformedCiphertextError("ciphertext blob is 17 bytes, shorter than any keyrelay ciphertext (49)")
         self.opens += 1
         key_id, user_id, version = json.loads(sealed.wrapped_dek)
         if (user_id, version) != (sealed.user_id, sealed.bundle_version):
@@ -433,7 +441,7 @@ def test_send_refuses_a_record_that_is_not_the_recipients(trio, server, kms, swa
     assert server.pending("bob") == [] and server.pending("mallory") == []
 
 
-def test_a_sender_record_the_kms_refuses_is_reported_but_left_in_the_mailbox(trio, server, kms):
+def test_a_sender_record_the_kms_refuses_is_reported_and_left_in_the_mailbox_once(trio, server, kms, tmp_path):
     alice, bob, mallory = trio
     kept = server.deliver("mallory", "bob", forge(mallory, bob, recipient="bob"))
     alice.send("bob", b"behind it", message_id="m-1")
@@ -443,9 +451,60 @@ def test_a_sender_record_the_kms_refuses_is_reported_but_left_in_the_mailbox(tri
     assert [(r.relay_message_id, r.reason, r.acknowledged) for r in rejected] == [
         (kept, RejectReason.SENDER_KEY_REFUSED, False)
     ]
+    assert "another try (delivery 1 of 2)" in rejected[0].detail
     assert [m.message_id for m in server.pending("bob")] == [kept]  # not lost either
+    kms.refused_users.clear()  # the credential is mended; the next run of the receiver opens it
+    again = Messenger.open(kms, server.client(), tmp_path / "bob.keys", PASSPHRASE)
+    assert [m.plaintext for m in drain(again)] == [b"forged"]
+
+
+def test_poison_costs_one_kms_call_per_sender_version_and_is_dropped_at_the_second_delivery(trio, server, kms):
+    alice, bob, mallory = trio
+    kms.refused_users.add("mallory")
+    junk = {server.deliver("mallory", "bob", forge(mallory, bob, recipient="bob")) for _ in range(50)}
+    first = rejections_of(bob)[1]
+    second = rejections_of(bob)[1]
+    assert {r.relay_message_id for r in first} == {r.relay_message_id for r in second} == junk
+    assert not any(r.acknowledged for r in first) and all(r.acknowledged for r in second)
+    assert all("dropped after 2 deliveries" in r.detail for r in second)
+    assert server.pending("bob") == [] and kms.calls["mallory"] == 1
+
+
+def test_refused_deliveries_are_counted_across_restarts(trio, server, kms, tmp_path):
+    alice, bob, mallory = trio
+    kms.refused_users.add("mallory")
+    relay_id = server.deliver("mallory", "bob", forge(mallory, bob, recipient="bob"))
+    assert [r.acknowledged for r in rejections_of(bob)[1]] == [False]
+    again = Messenger.open(kms, server.client(), tmp_path / "bob.keys", PASSPHRASE)  # e.g. the next CLI run
+    assert [(r.relay_message_id, r.acknowledged) for r in rejections_of(again)[1]] == [(relay_id, True)]
+    assert server.pending("bob") == []
+
+
+def test_a_refused_record_is_asked_for_again_after_the_refusal_cache_time(users, server, kms):
+    clock = Clock()
+    bob = users("bob", clock=clock, policy=MessengerPolicy(refused_deliveries=3, refusal_cache_seconds=60))
+    mallory = users("mallory")
+    kms.refused_users.add("mallory")
+    server.deliver("mallory", "bob", forge(mallory, bob, recipient="bob"))
+    rejections_of(bob)
+    rejections_of(bob)
+    assert kms.calls["mallory"] == 1
+    clock.advance(61)
     kms.refused_users.clear()
-    assert [m.plaintext for m in drain(bob)] == [b"forged"]
+    assert [m.plaintext for m in drain(bob)] == [b"forged"] and kms.calls["mallory"] == 2
+
+
+def test_a_record_that_is_no_sealed_record_is_rejected_once_without_stopping_receive(trio, server, kms):
+    alice, bob, mallory = trio
+    kms.garbled_users.add("mallory")
+    for _ in range(5):
+        server.deliver("mallory", "bob", forge(mallory, bob, recipient="bob"))
+    alice.send("bob", b"behind it")
+    received, rejected = rejections_of(bob)
+    assert [m.plaintext for m in received] == [b"behind it"]
+    assert {(r.reason, r.acknowledged) for r in rejected} == {(RejectReason.SENDER_RECORD_INVALID, True)}
+    assert "not a record the KMS can open" in rejected[0].detail
+    assert server.pending("bob") == [] and kms.calls["mallory"] == 1
 
 
 def test_rejections_are_logged_without_content_by_default(trio, server, caplog):
@@ -601,3 +660,163 @@ def test_signature_prefix_and_info_follow_the_proto(trio, server):
     assert ENVELOPE_PREFIX == b"keyrelay.v1.envelope"
     body = messaging_pb2.EnvelopeBody.FromString(signed.body)
     assert envelope_info(body) == b"keyrelay.v1.envelope\nalice\nbob\nm-1\n1\n1"
+
+
+# -- the policy: rollback, superseded keys, replay and age ---------------------------------------------
+
+
+class WallClock:
+    """Unix seconds that the test moves forward."""
+
+    def __init__(self) -> None:
+        self.offset = 0.0
+
+    def __call__(self) -> float:
+        return time.time() + self.offset
+
+
+def envelope_sent_at(sender: Messenger, recipient: Messenger, sent: datetime, version: int | None = None) -> bytes:
+    body = envelope_body(forge(sender, recipient, recipient=recipient.user_id))
+    body.send_time.FromDatetime(sent)
+    body.sender_bundle_version = version or sender.bundle_version
+    pair = recipient.device.key_pair(recipient.bundle_version)
+    body.hpke_ciphertext = pair.kem.suite.encrypt(
+        b"timed", pair.kem.public_key(pair.kem_public_bytes()), info=envelope_info(body)
+    )
+    return sign_envelope(body, sender.device.key_pair(version or sender.bundle_version))
+
+
+def test_a_directory_serving_an_older_record_as_the_newest_is_refused_for_good(users, server, kms, tmp_path):
+    alice, bob = users("alice"), users("bob")
+    bob.reregister("mlkem768-x25519")
+    alice.send("bob", b"to version 2")
+    newest = server.records["bob"].pop(2)  # the relay now serves version 1 as bob's newest
+    with pytest.raises(PeerVersionDowngradeError, match="version 1 as 'bob'.*seen their version 2"):
+        alice.send("bob", b"refused")
+    again = Messenger.open(kms, server.client(), tmp_path / "alice.keys", PASSPHRASE)
+    with pytest.raises(PeerVersionDowngradeError):
+        again.send("bob", b"refused after a restart too")
+    server.records["bob"][2] = newest
+    alice.send("bob", b"fine again")
+    assert [m.plaintext for m in drain(bob)] == [b"to version 2", b"fine again"]
+
+
+def test_versions_seen_by_two_processes_of_a_device_are_merged(users, server, kms, tmp_path):
+    alice, bob, carol = users("alice"), users("bob"), users("carol")
+    bob.reregister()
+    carol.reregister()
+    other = Messenger.open(kms, server.client(), tmp_path / "alice.keys", PASSPHRASE)  # e.g. the CLI
+    alice.send("bob", b"to bob's version 2")
+    other.send("carol", b"to carol's version 2")  # saved without losing what alice's process saw
+    for records in (server.records["bob"], server.records["carol"]):
+        del records[2]
+    later = Messenger.open(kms, server.client(), tmp_path / "alice.keys", PASSPHRASE)
+    for user in ("bob", "carol"):
+        with pytest.raises(PeerVersionDowngradeError):
+            later.send(user, b"refused")
+
+
+def test_a_superseded_signing_key_is_accepted_for_the_grace_period_only(users, server, kms, tmp_path):
+    clock = WallClock()
+    alice, bob = users("alice"), users("bob", wall_clock=clock)
+    alice.send("bob", b"in flight, signed by version 1", message_id="m-1")
+    old = server.pending("bob")[0].envelope
+    server.mailboxes["bob"].clear()
+    alice.reregister()
+    alice.send("bob", b"signed by version 2")
+    assert [m.sender_bundle_version for m in drain(bob)] == [2]
+
+    clock.offset = 23 * 3600
+    server.deliver("alice", "bob", old)
+    assert [(m.sender_bundle_version, m.message_id) for m in drain(bob)] == [(1, "m-1")]
+
+    clock.offset = 24 * 3600 + 1
+    late = server.deliver("alice", "bob", envelope_sent_at(alice, bob, datetime.now(timezone.utc), version=1))
+    for receiver in (bob, Messenger.open(kms, server.client(), tmp_path / "bob.keys", PASSPHRASE, wall_clock=clock)):
+        received, rejected = rejections_of(receiver)
+        assert received == [] and [(r.relay_message_id, r.reason) for r in rejected] == [
+            (late, RejectReason.SUPERSEDED_SENDER_VERSION)
+        ]
+        assert "version 1, which their version 2 replaced" in rejected[0].detail
+        late = server.deliver("alice", "bob", envelope_sent_at(alice, bob, datetime.now(timezone.utc), version=1))
+
+
+def test_a_repeat_under_the_same_relay_id_is_dropped_quietly_and_under_another_reported(trio, server):
+    alice, bob, _ = trio
+    alice.send("bob", b"once", message_id="m-1")
+    [original] = server.pending("bob")
+    assert len(drain(bob)) == 1
+    server.mailboxes["bob"][original.message_id] = original  # its acknowledgement was lost
+    received, rejected = rejections_of(bob)
+    assert received == [] and rejected == [] and server.pending("bob") == []
+
+    replay = server.deliver("alice", "bob", original.envelope)  # stored again: a replay
+    received, rejected = rejections_of(bob)
+    assert received == [] and [(r.relay_message_id, r.reason, r.acknowledged) for r in rejected] == [
+        (replay, RejectReason.REPLAYED, True)
+    ]
+    assert "'m-1' was received already" in rejected[0].detail and server.pending("bob") == []
+
+
+def test_envelopes_older_than_the_ttl_or_from_the_future_are_refused(users, server):
+    clock = WallClock()
+    policy = MessengerPolicy(message_ttl_seconds=3600, clock_skew_seconds=60)
+    alice, bob = users("alice"), users("bob", wall_clock=clock, policy=policy)
+    now = datetime.now(timezone.utc)
+    cases = {
+        server.deliver("alice", "bob", envelope_sent_at(alice, bob, now - timedelta(minutes=62))):
+            (RejectReason.ENVELOPE_TOO_OLD, "longer than the message TTL of 60 minutes"),
+        server.deliver("alice", "bob", envelope_sent_at(alice, bob, now + timedelta(minutes=5))):
+            (RejectReason.ENVELOPE_FROM_FUTURE, "5 minutes in the future"),
+    }
+    fine = server.deliver("alice", "bob", envelope_sent_at(alice, bob, now - timedelta(minutes=59)))
+    received, rejected = rejections_of(bob)
+    assert [m.relay_message_id for m in received] == [fine]
+    assert {r.relay_message_id: r.reason for r in rejected} == {k: v[0] for k, v in cases.items()}
+    for r in rejected:
+        assert cases[r.relay_message_id][1] in r.detail
+
+
+@pytest.mark.parametrize("seconds", [2**40, -(2**40)])
+def test_a_send_time_out_of_any_calendar_is_malformed_not_a_crash(trio, server, seconds):
+    alice, bob, _ = trio
+    body = envelope_body(forge(alice, bob, recipient="bob"))
+    body.send_time.seconds = seconds
+    server.deliver("alice", "bob", sign_envelope(body, alice.device.key_pair(1)))
+    alice.send("bob", b"behind it")
+    received, rejected = rejections_of(bob)
+    assert [m.plaintext for m in received] == [b"behind it"]
+    assert [r.reason for r in rejected] == [RejectReason.MALFORMED]
+
+
+def test_a_replay_of_a_message_the_seen_limit_forgot_is_too_old(users, server):
+    alice, bob = users("alice"), users("bob", policy=MessengerPolicy(seen_limit=2))
+    base = datetime.now(timezone.utc) - timedelta(minutes=10)
+    envelopes = {}
+    for n in (1, 0, 2):  # stored out of send order: the oldest sent is not the first stored
+        envelope = envelope_sent_at(alice, bob, base + timedelta(minutes=n))
+        envelopes[server.deliver("alice", "bob", envelope)] = (n, envelope)
+    assert len(drain(bob)) == 3
+    by_age = [envelope for _, envelope in sorted(envelopes.values())]
+    forgotten, remembered = server.deliver("alice", "bob", by_age[0]), server.deliver("alice", "bob", by_age[1])
+    received, rejected = rejections_of(bob)
+    assert received == []
+    assert {r.relay_message_id: r.reason for r in rejected} == {
+        forgotten: RejectReason.ENVELOPE_TOO_OLD, remembered: RejectReason.REPLAYED
+    }
+    too_old = next(r for r in rejected if r.relay_message_id == forgotten)
+    assert "no longer remembers (it keeps 2 message ids)" in too_old.detail
+
+
+def test_the_seen_list_of_an_earlier_sdk_is_taken_over(trio, server, kms, tmp_path):
+    alice, bob, _ = trio
+    alice.send("bob", b"once", message_id="m-1")
+    envelope = server.pending("bob")[0].envelope
+    server.mailboxes["bob"].clear()
+    # What the SDK before this policy saved: the (sender, message id) pairs, format version 1.
+    bob.device.save_seen([["alice", "m-1"]], 1)
+    upgraded = Messenger.open(kms, server.client(), tmp_path / "bob.keys", PASSPHRASE)
+    server.deliver("alice", "bob", envelope)
+    received, rejected = rejections_of(upgraded)
+    assert received == [] and rejected == [] and server.pending("bob") == []  # a repeat, dropped
+    assert bob.device.load_seen()[0] == 2  # rewritten in the new format

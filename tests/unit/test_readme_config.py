@@ -2,7 +2,8 @@
 their defaults.
 
 Each table follows a marker line `<!-- config-table: NAME -->` (NAME: node, gateway, relay,
-profile) and has a `key` and a `default` column. The rules:
+profile, and messenger: the fields of `MessengerPolicy`) and has a `key` and a `default` column.
+The rules:
 
 - The key cell holds one or more keys in backticks, separated by ` / ` or `, `
   ("`hsm.pin_env` / `hsm.pin_file`"). Keys are dotted as `foundation.config.config_keys` names
@@ -35,6 +36,7 @@ from typing import Any, Callable
 import pytest
 
 from client_sdk import credentials as profile_module
+from client_sdk.messenger_policy import MessengerPolicy
 from foundation.config import ConfigError, config_keys
 from kms_gateway.config import GatewayConfig
 from kms_node.config import HsmConfig, NodeConfig
@@ -42,7 +44,7 @@ from relay.config import RelayConfig
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 REQUIRED = "(required)"
-TABLES = ("node", "gateway", "relay", "profile")
+TABLES = ("node", "gateway", "relay", "profile", "messenger")
 _KEY = re.compile(r"[a-z_][a-z0-9_]*(\.[a-z_][a-z0-9_]*)*")
 
 
@@ -207,6 +209,7 @@ DAEMONS = {
     "node": Daemon(NodeConfig, lambda: NodeConfig(hsm=HsmConfig(module=sys.executable))),
     "gateway": Daemon(GatewayConfig, GatewayConfig),
     "relay": Daemon(RelayConfig, RelayConfig),
+    "messenger": Daemon(MessengerPolicy, MessengerPolicy),
 }
 
 
