@@ -86,6 +86,7 @@ from foundation.errors import (
     ResourceExhaustedError,
     RevisionConflictError,
     SealedRecordMismatchError,
+    TlsRefusedError,
     UnauthenticatedError,
     UnavailableError,
     UnknownMethodError,

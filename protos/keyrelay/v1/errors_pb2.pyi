@@ -49,6 +49,7 @@ class ErrorReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     ERROR_REASON_MALFORMED_REQUEST: _ClassVar[ErrorReason]
     ERROR_REASON_INVALID_PAGE_TOKEN: _ClassVar[ErrorReason]
     ERROR_REASON_UNKNOWN_METHOD: _ClassVar[ErrorReason]
+    ERROR_REASON_TLS_REFUSED: _ClassVar[ErrorReason]
 ERROR_REASON_UNSPECIFIED: ErrorReason
 ERROR_REASON_INVALID_ARGUMENT: ErrorReason
 ERROR_REASON_PAYLOAD_TOO_LARGE: ErrorReason
@@ -91,6 +92,7 @@ ERROR_REASON_REVISION_CONFLICT: ErrorReason
 ERROR_REASON_MALFORMED_REQUEST: ErrorReason
 ERROR_REASON_INVALID_PAGE_TOKEN: ErrorReason
 ERROR_REASON_UNKNOWN_METHOD: ErrorReason
+ERROR_REASON_TLS_REFUSED: ErrorReason
 
 class ItemError(_message.Message):
     __slots__ = ("code", "reason", "message")
