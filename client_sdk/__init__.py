@@ -90,6 +90,7 @@ from foundation.errors import (
     ResourceExhaustedError,
     RevisionConflictError,
     SealedRecordMismatchError,
+    TlsRefusedError,
     TooManySubscriptionsError,
     UnauthenticatedError,
     UnavailableError,

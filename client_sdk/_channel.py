@@ -1,5 +1,6 @@
 """What every SDK client shares: choosing the endpoint and credential, the channel, call
-metadata, and mapping a failed call back to the keyrelay exception the server raised."""
+metadata, and mapping a failed call back to the keyrelay exception the server raised (or to
+`TlsRefusedError` when TLS refused the connection)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from typing import Any, Callable, Iterator, Self
 
 import grpc
 
+from client_sdk._connectivity import Link
 from client_sdk.credentials import DEFAULT_TIMEOUT, CredentialBundle, Profile, ProfileError, load_profile
 from foundation.config import ConfigError
 from foundation.errors import REASON_METADATA_KEY, REQUEST_ID_METADATA_KEY, KeyrelayError, from_status
@@ -35,28 +37,11 @@ def status_code(number: int) -> grpc.StatusCode:
     return grpc.StatusCode.UNKNOWN
 
 
-# What grpc reports when TLS refuses a connection; with TLS 1.3 a server that rejects the client
-# certificate simply closes the socket after the handshake.
-_HANDSHAKE_MARKERS = ("handshake", "ssl", "certificate", "socket closed")
-
-
-def refused_by_tls(exc: grpc.RpcError) -> bool:
-    """Whether a call failed because TLS refused the connection (retrying will not help)."""
-    details = (exc.details() or "").lower()
-    return exc.code() == grpc.StatusCode.UNAVAILABLE and any(m in details for m in _HANDSHAKE_MARKERS)
-
-
 def error_from_rpc(exc: grpc.RpcError) -> KeyrelayError:
-    """The keyrelay exception a failed call stands for."""
+    """The keyrelay exception a failed call stands for, by its status and reason. Whether TLS
+    refused the connection is not in the status: clients ask their `Link` (see `_connectivity`)."""
     trailers = dict(exc.trailing_metadata() or ())
     details = exc.details() or exc.code().name
-    if refused_by_tls(exc):
-        # The server never saw the call: TLS refused the connection. Say what usually causes it.
-        details = (
-            f"{details} -- the server closed the connection during TLS set-up: check that the client "
-            "certificate is unexpired and issued by this KMS's CA, and that the server's certificate names "
-            "the host you dialled"
-        )
     return from_status(exc.code(), details, trailers.get(REASON_METADATA_KEY), trailers.get(REQUEST_ID_METADATA_KEY))
 
 
@@ -107,6 +92,7 @@ class ServiceClient:
             channel = self._open_channel()
         self._channel = channel
         self._stub = self._stub_class(channel)
+        self._link = self._link_for(channel, self._endpoint if self._own_channel else "")
 
     #: What opens channels: `grpc` for the synchronous clients, `grpc.aio` for the asyncio ones.
     _channels: Any = grpc
@@ -122,6 +108,17 @@ class ServiceClient:
         except ConfigError as exc:
             raise ProfileError(f"the TLS credential is not usable: {exc}") from None
         return self._channels.secure_channel(target, credentials)
+
+    def _link_for(self, channel, target: str) -> Link:
+        """The `Link` of a channel: `target` is what it dials ('' for a channel the caller made,
+        which is then never taken for one that TLS refused)."""
+        bundle = self._credentials
+        return Link(channel, target, secure=bundle is not None, client_certificate=bool(bundle and bundle.client_cert))
+
+    def _error(self, exc: grpc.RpcError, link: Link | None = None) -> KeyrelayError:
+        """The keyrelay exception a call that failed on `link` (default: the client's) stands for."""
+        link = link or self._link
+        return link.refusal(exc) if link.refused(exc) else error_from_rpc(exc)
 
     @classmethod
     def from_profile(cls, path: str | os.PathLike | None = None) -> Self:
@@ -163,8 +160,10 @@ class ServiceClient:
         if metadata is None:
             metadata = self._metadata()
         try:
-            return getattr(self._stub if stub is None else stub, method)(
+            response = getattr(self._stub if stub is None else stub, method)(
                 request, timeout=self._timeout if timeout is None else timeout, metadata=metadata
             )
         except grpc.RpcError as exc:
-            raise error_from_rpc(exc) from None
+            raise self._error(exc) from None
+        self._link.answered()
+        return response

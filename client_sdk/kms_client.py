@@ -15,9 +15,12 @@ instance from DescribeKey through the gateway (cached), and reads a ciphertext's
 blob itself. Without private endpoints every call goes to the one target.
 
 Idempotent calls (reads and cryptography) are retried on UNAVAILABLE, with backoff, for as long as
-the call's deadline allows, under one request id; a connection that TLS refused is not retried. Every method takes `timeout` (seconds; default
-the client's) and raises the keyrelay exception the server raised (`client_sdk.KeyNotFoundError`,
-...), never a bare `grpc.RpcError`.
+the call's deadline allows, under one request id: a connection lost mid-call or a server not yet
+listening is the server restarting. A connection that TLS refused is not retried: it raises
+`TlsRefusedError` saying what to check (`client_sdk._connectivity` tells the cases apart by the
+channel's state, not by gRPC's message). Every method takes `timeout` (seconds; default the
+client's) and raises the keyrelay exception the server raised (`client_sdk.KeyNotFoundError`, ...),
+never a bare `grpc.RpcError`.
 
 `AsyncKmsClient` has the same methods for asyncio; each returns an awaitable.
 """
@@ -40,10 +43,10 @@ from client_sdk._channel import (  # noqa: F401  (error_from_rpc and TENANT_META
     error_from_rpc,
     iterate_pages,
     optional_datetime,
-    refused_by_tls,
     status_code,
     to_datetime,
 )
+from client_sdk._connectivity import Link
 from client_sdk._retry import Backoff
 from client_sdk.credentials import CredentialBundle, Profile
 from client_sdk.types import (
@@ -65,6 +68,7 @@ from foundation.errors import (
     PayloadTooLargeError,
     DeadlineExceededError,
     KeyrelayError,
+    TlsRefusedError,
     UnavailableError,
     from_status,
 )
@@ -470,7 +474,7 @@ class _Routing:
         profile: Profile | None = self._profile  # type: ignore[attr-defined]
         endpoints = private_endpoints if private_endpoints is not None else (profile.private_endpoints if profile else {})
         self._private_endpoints = dict(endpoints)
-        self._private_stubs: dict[str, Any] = {}
+        self._private_stubs: dict[str, tuple[Any, Link]] = {}
         self._private_channels: list[Any] = []
         self._instances = _InstanceCache()
         self._stub_lock = threading.Lock()
@@ -494,18 +498,25 @@ class _Routing:
             return "", ""
         return key, self._instances.get(key)
 
-    def _stub_for(self, instance: str):
-        """The stub of the instance's private endpoint, or of the gateway."""
+    def _stub_for(self, instance: str) -> tuple[Any, Link]:
+        """The stub of the instance's private endpoint, or of the gateway, and its channel's link."""
         target = self._private_endpoints.get(instance) if instance else None
         if target is None:
-            return self._stub  # type: ignore[attr-defined]
+            return self._stub, self._link  # type: ignore[attr-defined]
         with self._stub_lock:
-            stub = self._private_stubs.get(instance)
-            if stub is None:
+            entry = self._private_stubs.get(instance)
+            if entry is None:
                 channel = self._open_channel(target)  # type: ignore[attr-defined]
                 self._private_channels.append(channel)
-                stub = self._private_stubs[instance] = kms_pb2_grpc.KeyManagementServiceStub(channel)
-            return stub
+                link = self._link_for(channel, target)  # type: ignore[attr-defined]
+                entry = self._private_stubs[instance] = (kms_pb2_grpc.KeyManagementServiceStub(channel), link)
+            return entry
+
+
+def _retryable(call: _Call, error: KeyrelayError) -> bool:
+    """Whether a failed attempt of `call` may be sent again: an idempotent call that found no
+    server (UNAVAILABLE), unless TLS refused the connection."""
+    return call.idempotent and isinstance(error, UnavailableError) and not isinstance(error, TlsRefusedError)
 
 
 class KmsClient(_Routing, _KmsMethods, ServiceClient):
@@ -555,7 +566,7 @@ class KmsClient(_Routing, _KmsMethods, ServiceClient):
         backoff = Backoff(timeout)
         routes = self._private_routes(call)
         if not routes:
-            return self._attempt(self._stub, call, backoff)
+            return self._attempt(self._stub_for(""), call, backoff)
         instances = [self._instance_of(route, backoff) for route in routes]
         parts = _split(call, instances)
         if len(parts) == 1:
@@ -563,18 +574,23 @@ class KmsClient(_Routing, _KmsMethods, ServiceClient):
         results = [(indices, self._attempt(self._stub_for(instance), part, backoff)) for instance, part, indices in parts]
         return _merge(results, len(routes))
 
-    def _attempt(self, stub, call: _Call, backoff: Backoff):
-        """Send `call`, retrying an idempotent one on UNAVAILABLE within the deadline (one request id)."""
+    def _attempt(self, target: tuple[Any, Link], call: _Call, backoff: Backoff):
+        """Send `call` on `target` (a stub and its link), retrying an idempotent one on UNAVAILABLE
+        within the deadline (one request id)."""
         call.check_size()
+        stub, link = target
         metadata = self._metadata(uuid.uuid4().hex)
         method = getattr(stub, call.method)
         previous: KeyrelayError | None = None
         while True:
             try:
-                return call.convert(method(call.request, timeout=max(backoff.remaining(), 0.001), metadata=metadata))
+                response = method(call.request, timeout=max(backoff.remaining(), 0.001), metadata=metadata)
             except grpc.RpcError as exc:
-                error, retryable = error_from_rpc(exc), call.idempotent and not refused_by_tls(exc)
-            delay = backoff.next_delay() if retryable and isinstance(error, UnavailableError) else None
+                error = self._error(exc, link)
+            else:
+                link.answered()
+                return call.convert(response)
+            delay = backoff.next_delay() if _retryable(call, error) else None
             if delay is None:
                 raise _final_error(error, previous)
             previous = error
@@ -634,7 +650,7 @@ class AsyncKmsClient(_Routing, _KmsMethods, ServiceClient):
         backoff = Backoff(timeout)
         routes = self._private_routes(call)
         if not routes:
-            return await self._attempt(self._stub, call, backoff)
+            return await self._attempt(self._stub_for(""), call, backoff)
         instances = [await self._instance_of(route, backoff) for route in routes]
         parts = _split(call, instances)
         if len(parts) == 1:
@@ -644,17 +660,21 @@ class AsyncKmsClient(_Routing, _KmsMethods, ServiceClient):
         )
         return _merge([(indices, result) for (_, _, indices), result in zip(parts, results)], len(routes))
 
-    async def _attempt(self, stub, call: _Call, backoff: Backoff):
+    async def _attempt(self, target: tuple[Any, Link], call: _Call, backoff: Backoff):
         call.check_size()
+        stub, link = target
         metadata = self._metadata(uuid.uuid4().hex)
         method = getattr(stub, call.method)
         previous: KeyrelayError | None = None
         while True:
             try:
-                return call.convert(await method(call.request, timeout=max(backoff.remaining(), 0.001), metadata=metadata))
+                response = await method(call.request, timeout=max(backoff.remaining(), 0.001), metadata=metadata)
             except grpc.RpcError as exc:
-                error, retryable = error_from_rpc(exc), call.idempotent and not refused_by_tls(exc)
-            delay = backoff.next_delay() if retryable and isinstance(error, UnavailableError) else None
+                error = link.refusal(exc) if await link.refused_async(exc) else error_from_rpc(exc)
+            else:
+                link.answered()
+                return call.convert(response)
+            delay = backoff.next_delay() if _retryable(call, error) else None
             if delay is None:
                 raise _final_error(error, previous)
             previous = error

@@ -112,6 +112,7 @@ from foundation.errors import (
     RecordVersionNotNewerError,
     RevisionConflictError,
     SealedRecordMismatchError,
+    TlsRefusedError,
     UnavailableError,
     UserNotFoundError,
     quote,
@@ -585,7 +586,7 @@ class Messenger:
         With `follow=False` iteration ends once the mailbox is drained: no message came for
         `idle_timeout` seconds (and an interrupted stream raises `UnavailableError`). With
         `follow=True` it waits for new messages for as long as you iterate, reconnecting when the
-        relay restarts.
+        relay restarts (but not when TLS refused the connection: `TlsRefusedError` is raised).
 
         A message is acknowledged once you have taken it: when you ask for the next one, or close
         the generator (`break` does, and so does leaving a `with contextlib.closing(...)` block).
@@ -855,6 +856,9 @@ class _MailboxReader:
                 if not self._follow:
                     self._put(_END)
                     return
+            except TlsRefusedError as exc:  # reconnecting will not help
+                self._put(exc)
+                return
             except UnavailableError as exc:
                 if not self._follow:
                     self._put(exc)

@@ -41,6 +41,7 @@ from foundation.errors import (
     DeadlineExceededError,
     InvalidArgumentError,
     KeyrelayError,
+    TlsRefusedError,
     UnauthenticatedError,
     UnavailableError,
 )
@@ -252,7 +253,7 @@ class RelayClient(ServiceClient):
         return err
 
     def _map_error(self, exc: grpc.RpcError) -> KeyrelayError:
-        return self._redacted(error_from_rpc(exc))
+        return self._redacted(self._error(exc))
 
     def _rpc(self, stub, method: str, request, timeout: float | None, *, authenticated: bool = True):
         metadata = self._metadata() if authenticated else super()._metadata()
@@ -263,12 +264,15 @@ class RelayClient(ServiceClient):
 
     def _retrying(self, attempt: Callable[[], _T]) -> _T:
         """`attempt()`, retried on UnavailableError / DeadlineExceededError with exponential
-        backoff and jitter until `retry_seconds` have passed since the first attempt."""
+        backoff and jitter until `retry_seconds` have passed since the first attempt; a connection
+        that TLS refused (`TlsRefusedError`) is not retried."""
         start = time.monotonic()
         delay = _RETRY_FIRST
         while True:
             try:
                 return attempt()
+            except TlsRefusedError:
+                raise
             except (UnavailableError, DeadlineExceededError):
                 remaining = self._retry_seconds - (time.monotonic() - start)
                 if remaining <= 0:
@@ -454,8 +458,9 @@ class RelayClient(ServiceClient):
         Yields from `subscribe()`. When the stream fails with `UnavailableError` (the relay is
         restarting), or ends, it subscribes again after a backoff (0.1 s doubling to 2 s, reset
         by each message), forever; with `reconnect=False` the error is raised (or iteration ends)
-        instead. Other errors (e.g. `UnauthenticatedError`) are raised. Closing the generator
-        (`close()`, `break` in a for loop, or garbage collection) cancels the live stream.
+        instead. Other errors (e.g. `UnauthenticatedError`, or `TlsRefusedError` when TLS refused
+        the connection) are raised. Closing the generator (`close()`, `break` in a for loop, or
+        garbage collection) cancels the live stream.
 
         A reconnect delivers every unacknowledged message again, so a message may repeat:
         receivers must drop duplicates by `message_id`, and `ack` what they have processed.
@@ -470,6 +475,8 @@ class RelayClient(ServiceClient):
                     yield message
                 if not reconnect:
                     return
+            except TlsRefusedError:
+                raise
             except UnavailableError:
                 if not reconnect:
                     raise

@@ -51,7 +51,8 @@ classes. Each class carries the gRPC status code it travels as and a *reason* (t
     │   └── TooManySubscriptionsError
     ├── UnavailableError                UNAVAILABLE
     │   ├── NodeNotReadyError
-    │   └── HsmUnavailableError
+    │   ├── HsmUnavailableError
+    │   └── TlsRefusedError             (raised by the SDK, never sent)
     ├── DeadlineExceededError           DEADLINE_EXCEEDED
     ├── UnknownMethodError              UNIMPLEMENTED
     └── InternalError                   INTERNAL
@@ -387,6 +388,14 @@ class HsmUnavailableError(UnavailableError):
     """No HSM slot of the pool can serve the request."""
 
     reason = "HSM_UNAVAILABLE"
+
+
+class TlsRefusedError(UnavailableError):
+    """TLS refused the connection: the server does not accept the client certificate (another CA,
+    expired), or the client does not trust the server's certificate or it does not name the host
+    dialled. The SDK raises it, a server never sends it; retrying does not help."""
+
+    reason = "TLS_REFUSED"
 
 
 class DeadlineExceededError(KeyrelayError):

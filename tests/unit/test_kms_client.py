@@ -230,13 +230,3 @@ async def test_async_client_has_the_same_methods_retries_and_routing(monkeypatch
     with pytest.raises(TypeError, match="async with"):
         with kr.AsyncKmsClient(channel=gateway):
             pass
-
-
-def test_a_connection_refused_by_tls_is_not_retried(gateway, fake_time):
-    def handshake(request):
-        raise FakeRpcError(grpc.StatusCode.UNAVAILABLE, "failed to connect: Ssl handshake failed: certificate expired")
-
-    gateway.handlers[KMS + "Encrypt"] = handshake
-    with pytest.raises(kr.UnavailableError, match="client certificate is unexpired"):
-        kr.KmsClient(channel=gateway, timeout=10).encrypt(SHARED_KEY, b"x")
-    assert len(gateway.calls_to("Encrypt")) == 1

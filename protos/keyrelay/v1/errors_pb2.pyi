@@ -53,6 +53,7 @@ class ErrorReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     ERROR_REASON_DEVICE_TOKEN_EXPIRED: _ClassVar[ErrorReason]
     ERROR_REASON_DEVICE_TOKEN_REVOKED: _ClassVar[ErrorReason]
     ERROR_REASON_PEER_VERSION_DOWNGRADE: _ClassVar[ErrorReason]
+    ERROR_REASON_TLS_REFUSED: _ClassVar[ErrorReason]
 ERROR_REASON_UNSPECIFIED: ErrorReason
 ERROR_REASON_INVALID_ARGUMENT: ErrorReason
 ERROR_REASON_PAYLOAD_TOO_LARGE: ErrorReason
@@ -99,6 +100,7 @@ ERROR_REASON_TOO_MANY_SUBSCRIPTIONS: ErrorReason
 ERROR_REASON_DEVICE_TOKEN_EXPIRED: ErrorReason
 ERROR_REASON_DEVICE_TOKEN_REVOKED: ErrorReason
 ERROR_REASON_PEER_VERSION_DOWNGRADE: ErrorReason
+ERROR_REASON_TLS_REFUSED: ErrorReason
 
 class ItemError(_message.Message):
     __slots__ = ("code", "reason", "message")
