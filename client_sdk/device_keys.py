@@ -399,6 +399,23 @@ def _locked(path: Path) -> Iterator[None]:
         os.close(descriptor)  # closing releases the lock
 
 
+@dataclass(frozen=True)
+class TokenLife:
+    """When this device got its relay token (Unix seconds; None: before devices kept it) and when
+    the token expires (None: never, or not known)."""
+
+    issue_time: float | None = None
+    expire_time: float | None = None
+
+    def renewal_due(self, now: float) -> bool:
+        """Whether to rotate the token now: half its lifetime is gone, or its life is not known."""
+        if self.issue_time is None:
+            return True
+        if self.expire_time is None:
+            return False
+        return now >= self.issue_time + (self.expire_time - self.issue_time) / 2
+
+
 class DeviceKeys:
     """A loaded device file: user id, relay device token, KMS sealing key and key pairs.
 
@@ -417,10 +434,12 @@ class DeviceKeys:
         published_version: int,
         kdf: _KdfParams,
         master: bytes,
+        token_life: TokenLife = TokenLife(),
     ) -> None:
         self._path = path
         self._user_id = user_id
         self._device_token = device_token
+        self._token_life = token_life
         self._kms_key_id = kms_key_id
         self._pairs = {pair.bundle_version: pair for pair in key_pairs}
         self._published = published_version
@@ -449,6 +468,11 @@ class DeviceKeys:
     def device_token(self) -> str:
         """The relay device token. Secret: never log it."""
         return self._device_token
+
+    @property
+    def token_life(self) -> TokenLife:
+        """When the relay device token was issued to this device and when it expires."""
+        return self._token_life
 
     @property
     def kms_key_id(self) -> str:
@@ -487,6 +511,7 @@ class DeviceKeys:
         kms_key_id: str,
         key_pair: DeviceKeyPair,
         scrypt_n: int = SCRYPT_N,
+        token_life: TokenLife = TokenLife(),
     ) -> "DeviceKeys":
         """Write a new device file holding `key_pair` (not yet published); refuse to replace one.
 
@@ -497,7 +522,7 @@ class DeviceKeys:
         path = Path(path)
         cls.check_new(path, passphrase, user_id=user_id, scrypt_n=scrypt_n)
         kdf, secret = _new_kdf(scrypt_n), check_passphrase(passphrase)
-        device = cls(path, user_id, device_token, kms_key_id, [key_pair], 0, kdf, kdf.derive(secret))
+        device = cls(path, user_id, device_token, kms_key_id, [key_pair], 0, kdf, kdf.derive(secret), token_life)
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         with _locked(path):
             if path.exists():  # made by another process since the check above
@@ -534,8 +559,8 @@ class DeviceKeys:
         header = _read_header(path)
         kdf = header.kdf
         master = kdf.derive(secret)
-        token, kms_key_id, pairs, published = _parse_body(path, _decrypt_body(path, header, _subkey(master, FORMAT)))
-        return cls(path, header.user_id, token, kms_key_id, pairs, published, kdf, master)
+        body = _parse_body(path, _decrypt_body(path, header, _subkey(master, FORMAT)))
+        return cls(path, header.user_id, body.token, body.kms_key_id, body.pairs, body.published, kdf, master, body.token_life)
 
     def add_key_pair(self, kem: str | None = None) -> DeviceKeyPair:
         """Generate the key pairs of the next bundle version (same KEM unless `kem` names one) and
@@ -549,6 +574,13 @@ class DeviceKeys:
             self._pairs[pair.bundle_version] = pair
             self._write()
         return pair
+
+    def replace_device_token(self, device_token: str, token_life: TokenLife) -> None:
+        """Keep a new relay device token (after a rotation) in place of the old one."""
+        with _locked(self._path):
+            self._reload()
+            self._device_token, self._token_life = device_token, token_life
+            self._write()
 
     def mark_published(self, bundle_version: int) -> None:
         """Record that the directory holds `bundle_version` (never moves backwards)."""
@@ -569,7 +601,10 @@ class DeviceKeys:
             raise RevisionConflictError(
                 f"the device file {self._path} was replaced by another process; open it again"
             )
-        _, _, pairs, published = _parse_body(self._path, _decrypt_body(self._path, header, self._file_key))
+        body = _parse_body(self._path, _decrypt_body(self._path, header, self._file_key))
+        pairs, published = body.pairs, body.published
+        # A token another process rotated to is the one to use: the old one stops working soon.
+        self._device_token, self._token_life = body.token, body.token_life
         for pair in pairs:
             mine = self._pairs.get(pair.bundle_version)
             if mine is not None and mine.signing_private_bytes != pair.signing_private_bytes:
@@ -583,6 +618,8 @@ class DeviceKeys:
     def _write(self) -> None:
         body = {
             "device_token": self._device_token,
+            "token_issue_time": self._token_life.issue_time,
+            "token_expire_time": self._token_life.expire_time,
             "kms_key_id": self._kms_key_id,
             "published_version": self._published,
             "key_pairs": [self._pairs[v]._to_json() for v in sorted(self._pairs)],
@@ -695,8 +732,18 @@ def _read_header(path: Path) -> _Header:
         raise not_device_file from None
 
 
-def _parse_body(path: Path, body: dict) -> tuple[str, str, list[DeviceKeyPair], int]:
-    """(device token, KMS key id, key pairs, published version) of a decrypted device file."""
+@dataclass(frozen=True)
+class _Body:
+    token: str
+    kms_key_id: str
+    pairs: list[DeviceKeyPair]
+    published: int
+    token_life: TokenLife
+
+
+def _parse_body(path: Path, body: dict) -> _Body:
+    """What a decrypted device file holds. Files written before devices kept their token's
+    issue and expiry times have neither (a TokenLife of Nones)."""
     try:
         token, kms_key_id, published = body["device_token"], body["kms_key_id"], body["published_version"]
         pairs = [DeviceKeyPair._from_json(item) for item in body["key_pairs"]]
@@ -704,9 +751,12 @@ def _parse_body(path: Path, body: dict) -> tuple[str, str, list[DeviceKeyPair], 
             raise ValueError("incomplete")
         if isinstance(published, bool) or not isinstance(published, int) or published < 0:
             raise ValueError("bad published version")
+        times = [body.get("token_issue_time"), body.get("token_expire_time")]
+        if not all(t is None or (isinstance(t, (int, float)) and not isinstance(t, bool)) for t in times):
+            raise ValueError("bad token times")
     except (KeyError, TypeError, ValueError, binascii.Error):
         raise MalformedCiphertextError(f"the device file {path} decrypted but its contents are not valid") from None
-    return token, kms_key_id, pairs, published
+    return _Body(token, kms_key_id, pairs, published, TokenLife(*times))
 
 
 def _decrypt_body(path: Path, header: _Header, key: bytes) -> dict:

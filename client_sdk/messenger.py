@@ -97,12 +97,14 @@ from client_sdk.device_keys import (
     DeviceKeyPair,
     DeviceKeys,
     KemSpec,
+    TokenLife,
     kem_spec,
 )
 from client_sdk.messenger_policy import Freshness, MessengerPolicy, Superseded
 from client_sdk.messenger_state import MessengerState
-from client_sdk.relay_types import DirectoryRecord, RelayMessage, SendReceipt
+from client_sdk.relay_types import DirectoryRecord, RelayAccount, RelayMessage, SendReceipt
 from foundation.errors import (
+    DeadlineExceededError,
     FailedPreconditionError,
     InvalidArgumentError,
     KeyNotFoundError,
@@ -110,10 +112,12 @@ from foundation.errors import (
     PeerVersionDowngradeError,
     PermissionDeniedError,
     RecordVersionNotNewerError,
+    ResourceExhaustedError,
     RevisionConflictError,
     SealedRecordMismatchError,
     TlsRefusedError,
     UnavailableError,
+    UnknownMethodError,
     UserNotFoundError,
     quote,
 )
@@ -204,6 +208,11 @@ class RejectedMessage:
     reason: RejectReason
     detail: str
     acknowledged: bool = True
+
+
+def _token_life(account: RelayAccount) -> TokenLife:
+    expire = account.expire_time.timestamp() if account.expire_time is not None else None
+    return TokenLife(time.time(), expire)
 
 
 def log_rejection(rejected: RejectedMessage) -> None:
@@ -333,7 +342,7 @@ class Messenger:
         account = relay.create_account(user_id)
         device = DeviceKeys.create(
             device_file, passphrase, user_id=user_id, device_token=account.device_token,
-            kms_key_id=kms_key_id, key_pair=pair, scrypt_n=scrypt_n,
+            kms_key_id=kms_key_id, key_pair=pair, scrypt_n=scrypt_n, token_life=_token_life(account),
         )
         messenger = cls(kms, relay, device, **options)
         messenger.publish()
@@ -343,11 +352,51 @@ class Messenger:
     def open(cls, kms, relay, device_file: str | Path, passphrase: str | bytes, **options: Any) -> "Messenger":
         """The messenger of an existing device file (its token is set on `relay`).
 
+        Once half of the relay device token's lifetime is gone (or, for a device file from before
+        tokens expired, at the first open), the token is rotated and the new one saved; should
+        that fail, the old token is kept and the next open tries again.
+
         Raises:
             NotFoundError: no device file there.
             CiphertextAuthenticationError: a wrong passphrase (or an altered file).
         """
-        return cls(kms, relay, DeviceKeys.load(device_file, passphrase), **options)
+        messenger = cls(kms, relay, DeviceKeys.load(device_file, passphrase), **options)
+        messenger.renew_device_token()
+        return messenger
+
+    # -- the relay device token -------------------------------------------------------------------
+
+    def renew_device_token(self) -> bool:
+        """Rotate the relay device token if half of its lifetime is gone; True if it was.
+
+        Never raises for a relay that cannot rotate now (unreachable, rate limited, or too old to
+        know the call): the token still works, and a later call tries again."""
+        if not self._device.token_life.renewal_due(self._wall()):
+            return False
+        try:
+            self.rotate_device_token()
+        except (UnavailableError, DeadlineExceededError, ResourceExhaustedError, UnknownMethodError) as exc:
+            log.warning("could not rotate the relay device token of %s yet (%s); it still works", self.user_id, exc.reason)
+            return False
+        return True
+
+    def rotate_device_token(self, *, revoke_previous: bool = False) -> RelayAccount:
+        """Replace the relay device token with a new one and save it in the device file.
+
+        The old token keeps working for the relay's grace period (so other processes of this
+        device are not cut off before they read the file again), or not at all with
+        `revoke_previous` (a token that may have leaked). Should saving fail, the old token still
+        works for that grace period: rotate again with it."""
+        account = self._relay.rotate_device_token(revoke_previous=revoke_previous)
+        self._device.replace_device_token(account.device_token, _token_life(account))
+        log.info("relay device token of %s rotated", self.user_id)
+        return account
+
+    def revoke_device_token(self, *, all_tokens: bool = False) -> int:
+        """Revoke this device's relay token (the device signs out for good) or, with
+        `all_tokens`, every token of the account; returns how many were revoked. Only a token the
+        relay operator issues opens the account again."""
+        return self._relay.revoke_device_token(all_tokens=all_tokens)
 
     @property
     def user_id(self) -> str:

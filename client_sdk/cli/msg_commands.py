@@ -1,4 +1,5 @@
-"""`keyrelay msg register|send|recv`: end-to-end encrypted messages through the relay.
+"""`keyrelay msg register|rotate|rotate-token|revoke-token|send|recv`: end-to-end encrypted
+messages through the relay.
 
     keyrelay msg register alice --key alias/directory      # keys made here, sealed, published
     echo "lunch at 1?" | keyrelay msg send bob
@@ -13,11 +14,13 @@ device's private keys and relay token, encrypted under a passphrase read from th
 from __future__ import annotations
 
 import argparse
+import contextlib
 import getpass
 import json
 import os
 import sys
 from pathlib import Path
+from typing import Iterator
 
 from client_sdk.cli import _output as output
 from client_sdk.credentials import load_profile
@@ -66,6 +69,14 @@ def _messenger(args: argparse.Namespace, kms: KmsClient, relay: RelayClient) -> 
     return Messenger.open(kms, relay, _device_path(args), _passphrase(args))
 
 
+@contextlib.contextmanager
+def _opened(args: argparse.Namespace) -> Iterator[Messenger]:
+    """The device's messenger, its KMS and relay clients closed on leaving."""
+    kms, relay = _clients(args)
+    with kms, relay:
+        yield _messenger(args, kms, relay)
+
+
 @output.guarded
 def _register(args: argparse.Namespace) -> int:
     kms, relay = _clients(args)
@@ -82,12 +93,36 @@ def _register(args: argparse.Namespace) -> int:
 
 @output.guarded
 def _rotate(args: argparse.Namespace) -> int:
-    kms, relay = _clients(args)
-    with kms, relay:
-        messenger = _messenger(args, kms, relay)
+    with _opened(args) as messenger:
         version = messenger.reregister(args.kem)
     _print(args, {"user_id": messenger.user_id, "bundle_version": version},
            f"{messenger.user_id} now publishes bundle version {version}; peers use it from their next message")
+    return 0
+
+
+@output.guarded
+def _rotate_token(args: argparse.Namespace) -> int:
+    with _opened(args) as messenger:
+        account = messenger.rotate_device_token(revoke_previous=args.revoke_previous)
+    expires = account.expire_time.strftime("%Y-%m-%d %H:%M:%S UTC") if account.expire_time else "never"
+    previous = "revoked" if args.revoke_previous else "works until " + (
+        account.previous_token_expire_time.strftime("%Y-%m-%d %H:%M:%S UTC")
+        if account.previous_token_expire_time else "the relay's grace period ends"
+    )
+    result = {"user_id": messenger.user_id, "expire_time": account.expire_time,
+              "previous_token_expire_time": account.previous_token_expire_time}
+    _print(args, result, f"{messenger.user_id}: new relay device token saved in {_device_path(args)} (expires: "
+                         f"{expires}); the previous one {previous}")
+    return 0
+
+
+@output.guarded
+def _revoke_token(args: argparse.Namespace) -> int:
+    with _opened(args) as messenger:
+        count = messenger.revoke_device_token(all_tokens=args.all)
+    _print(args, {"user_id": messenger.user_id, "revoked_count": count},
+           f"{messenger.user_id}: {count} relay device token(s) revoked; this device can no longer use the relay "
+           "until the relay operator issues a token (keyrelay relay --issue-token)")
     return 0
 
 
@@ -98,9 +133,7 @@ def _send(args: argparse.Namespace) -> int:
     )
     if not text:
         raise output.CliError("the message is empty")
-    kms, relay = _clients(args)
-    with kms, relay:
-        messenger = _messenger(args, kms, relay)
+    with _opened(args) as messenger:
         receipt = messenger.send(args.recipient, text, message_id=args.message_id)
     _print(args, receipt, f"sent to {args.recipient} (message {receipt.client_message_id})")
     return 0
@@ -114,9 +147,7 @@ def _recv(args: argparse.Namespace) -> int:
         rejected.append(item)
         output.warn(f"rejected a message from {item.sender!r} ({item.reason.value}): {item.detail}")
 
-    kms, relay = _clients(args)
-    with kms, relay:
-        messenger = _messenger(args, kms, relay)
+    with _opened(args) as messenger:
         for message in messenger.receive(follow=args.follow, on_reject=report):
             if args.output == "json":  # one JSON document per line, as messages arrive
                 print(json.dumps(output.to_plain(message, _TEXT), sort_keys=True), flush=True)
@@ -133,7 +164,7 @@ def _print(args: argparse.Namespace, value, text: str) -> None:
 
 
 def register(commands) -> None:
-    """Add `msg register|rotate|send|recv` to the `keyrelay` parser."""
+    """Add `msg register|rotate|rotate-token|revoke-token|send|recv` to the `keyrelay` parser."""
     common = output.common_options()
     group = output.add_group(
         commands, "msg", "end-to-end encrypted messages through the relay",
@@ -165,6 +196,21 @@ def register(commands) -> None:
         ["keyrelay msg rotate", "keyrelay msg rotate --kem x25519"], _rotate,
     )
     p.add_argument("--kem", choices=("mlkem768-x25519", "x25519"), default=None, help="change the KEM too")
+
+    p = command(
+        "rotate-token", "replace this device's relay token with a new one (devices also do it by themselves "
+        "once half of its lifetime is gone)",
+        ["keyrelay msg rotate-token", "keyrelay msg rotate-token --revoke-previous   # the old token may have leaked"],
+        _rotate_token,
+    )
+    p.add_argument("--revoke-previous", action="store_true",
+                   help="revoke the old token at once instead of after the relay's grace period")
+
+    p = command(
+        "revoke-token", "revoke this device's relay token (or, with --all, every token of the account)",
+        ["keyrelay msg revoke-token", "keyrelay msg revoke-token --all"], _revoke_token,
+    )
+    p.add_argument("--all", action="store_true", help="revoke every token of the account, not only this device's")
 
     p = command(
         "send", "encrypt a message to a user and post it to the relay",

@@ -4,6 +4,7 @@ process, run in-process through the CLI's `main()` with one profile and two devi
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 
@@ -76,3 +77,38 @@ def test_errors_are_one_line(messaging, monkeypatch):
     assert status == 1 and "USER_NOT_FOUND" in err and err.count("\n") == 1
     status, _, err = messaging("msg", "register", "Not Valid", "--key", "alias/directory", "--device", "b.keys")
     assert status == 1 and "INVALID_USER_ID" in err
+
+
+def test_device_tokens_rotate_by_hand_by_themselves_and_are_revoked(messaging, tmp_path):
+    """`msg rotate-token` saves a new token and the old one stops working; a device past half of
+    its token's lifetime rotates when it is opened; `msg revoke-token` signs the device out."""
+    from client_sdk import DeviceTokenRevokedError, Messenger, RelayClient
+    from client_sdk.credentials import load_profile
+    from client_sdk.device_keys import DeviceKeys
+
+    passphrase = "correct horse battery staple"
+    assert messaging("msg", "register", "alice", "--key", "alias/directory", "--kem", "x25519", "--device", "a.keys")[0] == 0
+    first = DeviceKeys.load(tmp_path / "a.keys", passphrase)
+    assert first.token_life.expire_time - first.token_life.issue_time == pytest.approx(180 * 86400, abs=5)
+
+    status, out, err = messaging("msg", "rotate-token", "--revoke-previous", "--device", "a.keys")
+    assert status == 0 and "new relay device token saved" in out and "previous one revoked" in out, err
+    second = DeviceKeys.load(tmp_path / "a.keys", passphrase)
+    assert second.device_token != first.device_token and first.device_token not in out + err
+    profile = load_profile(None)
+    with RelayClient(profile=profile, device_token=first.device_token) as stale:
+        with pytest.raises(DeviceTokenRevokedError):
+            stale.send("alice", b"with the old token")
+    assert messaging("msg", "send", "alice", "to myself", "--device", "a.keys")[0] == 0
+
+    # 100 days on, the device is past half of its token's lifetime: opening it rotates the token.
+    with KmsClient(profile=profile) as kms, RelayClient(profile=profile) as relay:
+        later = Messenger.open(kms, relay, tmp_path / "a.keys", passphrase,
+                               wall_clock=lambda: time.time() + 100 * 86400)
+        assert later.device.device_token != second.device_token
+    assert DeviceKeys.load(tmp_path / "a.keys", passphrase).device_token == later.device.device_token
+
+    status, out, err = messaging("msg", "revoke-token", "--device", "a.keys")
+    assert status == 0 and "1 relay device token(s) revoked" in out, err
+    status, _, err = messaging("msg", "send", "alice", "after sign-out", "--device", "a.keys")
+    assert status == 1 and "DEVICE_TOKEN_REVOKED" in err and "issue-token" in err

@@ -8,10 +8,12 @@ import stat
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from client_sdk import device_keys
-from client_sdk.device_keys import DeviceKeyPair, DeviceKeys, kem_spec
+from client_sdk.device_keys import DeviceKeyPair, DeviceKeys, TokenLife, kem_spec
 from foundation.errors import (
     AlreadyExistsError,
     CiphertextAuthenticationError,
@@ -219,3 +221,23 @@ def test_peer_updates_from_two_processes_merge_under_the_lock(tmp_path):
     assert device.load_peers() == (1, {"bob": True, "carol": True})
     assert b"carol" not in device.peers_path.read_bytes()
     assert stat.S_IMODE(device.peers_path.stat().st_mode) == 0o600
+
+
+@given(issued=st.floats(0, 2e9), life=st.floats(1, 1e9), at=st.floats(0, 1))
+def test_a_token_is_renewed_from_half_its_lifetime_on(issued, life, at):
+    now = issued + at * life
+    assert TokenLife(issued, issued + life).renewal_due(now) is (now >= issued + life / 2)
+    assert TokenLife(issued, None).renewal_due(now) is False  # a token that never expires
+    assert TokenLife(None, issued + life).renewal_due(now) is True  # a device file of before: learn it
+
+
+def test_a_rotated_token_is_saved_and_read_by_other_processes(tmp_path):
+    path = tmp_path / "d.keys"
+    device = make(path)
+    other = DeviceKeys.load(path, PASSPHRASE)
+    assert other.token_life == TokenLife()  # made without token times, as earlier SDKs made files
+    device.replace_device_token("krt_new", TokenLife(100.0, 200.0))
+    again = DeviceKeys.load(path, PASSPHRASE)
+    assert (again.device_token, again.token_life) == ("krt_new", TokenLife(100.0, 200.0))
+    other.refresh()  # a process holding the file open takes the new token at its next reload
+    assert other.device_token == "krt_new"
